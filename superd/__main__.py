@@ -1,0 +1,5 @@
+"""`python -m superd` runs the command-line interface."""
+
+from superd.cli import main
+
+main()

@@ -1,0 +1,222 @@
+"""Shared fixtures: a real superd daemon driven from a test.
+
+`superd` is a factory fixture.  `superd(config_text)` writes the YAML into the
+test's tmp_path, starts `python -m superd` in its own session with stderr on
+a pipe, waits for `READY=1` on a private NOTIFY_SOCKET (never a sleep), and
+returns a `Daemon`.  Every daemon is killed by process group at teardown.
+
+In the config text, `{python}` is replaced by this interpreter, `{handlers}`
+by the handlers/ folder and `{tmp}` by tmp_path, so configs stay portable.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "handlers"
+TIMEOUT = 10.0
+
+
+class LogReader(threading.Thread):
+    """Collects a daemon's stderr lines; tests wait on them with a condition."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines = []
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def run(self):
+        for raw in self.stream:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_for(self, pattern, timeout=TIMEOUT, start=0):
+        """Return the first line (from index `start`) matching regex `pattern`."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}; log was:\n" + "\n".join(self.lines))
+                self.cond.wait(left)
+
+    def count(self, pattern):
+        rx = re.compile(pattern)
+        with self.cond:
+            return sum(1 for line in self.lines if rx.search(line))
+
+    def text(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+
+class Daemon:
+    """A running superd: its process, addresses, log and notify socket."""
+
+    def __init__(self, proc, config_path, ready_path, notify, log):
+        self.proc = proc
+        self.pid = proc.pid
+        self.config_path = config_path
+        self.ready_path = ready_path
+        self.notify = notify
+        self.log = log
+
+    # -- readiness ---------------------------------------------------------
+    def wait_notify(self, word="READY=1", timeout=TIMEOUT):
+        """Block (with a timeout) until superd sends a datagram containing word."""
+        self.notify.settimeout(timeout)
+        while True:
+            try:
+                msg = self.notify.recv(4096).decode()
+            except socket.timeout:
+                raise AssertionError(f"superd never sent {word}; log:\n{self.log.text()}")
+            if word in msg.split("\n"):
+                return msg
+
+    @property
+    def ready(self):
+        return json.loads(Path(self.ready_path).read_text())
+
+    def addresses(self, service):
+        return self.ready["services"][service]
+
+    def address(self, service, index=0):
+        """(host, port) or a unix path for the service's index-th listener."""
+        return parse_address(self.addresses(service)[index])
+
+    # -- control -----------------------------------------------------------
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def reload(self, new_text=None):
+        """Optionally rewrite the config, send HUP, wait until it is done."""
+        if new_text is not None:
+            Path(self.config_path).write_text(expand(new_text, Path(self.config_path).parent))
+        mark = len(self.log.lines)
+        self.signal(signal.SIGHUP)
+        self.log.wait_for(r"^reload(ed|-failed)\b", start=mark)
+        return self.log.lines[mark:]
+
+    def stop(self, sig=signal.SIGTERM, timeout=TIMEOUT):
+        self.signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(TIMEOUT)
+        self.notify.close()
+
+
+def parse_address(text):
+    if text.startswith("unix:"):
+        return text[5:]
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def expand(text, tmp):
+    return (text.replace("{python}", sys.executable)
+                .replace("{handlers}", str(HANDLERS))
+                .replace("{tmp}", str(tmp)))
+
+
+def start_superd(tmp_path, config_text, *, args=(), env=None, name="services.yaml",
+                 wait=True, pass_fds=()):
+    """Start superd on config_text; see the module docstring."""
+    config = tmp_path / name
+    config.write_text(expand(config_text, tmp_path))
+    ready = tmp_path / (name + ".ready.json")
+    notify_path = tmp_path / (name + ".notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    child_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "NOTIFY_SOCKET": str(notify_path)}
+    child_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "superd", "-f", str(config), "--ready-file", str(ready), *args],
+        cwd=str(tmp_path), env=child_env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, pass_fds=pass_fds)
+    log = LogReader(proc.stderr)
+    log.start()
+    daemon = Daemon(proc, config, ready, notify, log)
+    if wait:
+        try:
+            daemon.wait_notify("READY=1")
+        except AssertionError:
+            daemon.kill()
+            raise
+    return daemon
+
+
+@pytest.fixture
+def superd(tmp_path):
+    """Factory: superd(config_text, **kw) -> Daemon; all killed at teardown."""
+    daemons = []
+
+    def factory(config_text, **kw):
+        daemon = start_superd(tmp_path, config_text, **kw)
+        daemons.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in daemons:
+        daemon.kill()
+
+
+def connect(address, timeout=TIMEOUT):
+    """A connected stream socket (with a timeout) to (host, port) or a unix path."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(address)
+    return sock
+
+
+def read_all(sock, limit=1 << 20):
+    """Read until EOF (the socket's timeout applies to every recv)."""
+    chunks = []
+    total = 0
+    while total < limit:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def python_handler(tmp_path, name, body):
+    """Write an executable Python handler script (runs under this interpreter)."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\n" + body)
+    path.chmod(0o755)
+    return path

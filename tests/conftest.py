@@ -30,9 +30,10 @@ TIMEOUT = 10.0
 class LogReader(threading.Thread):
     """Collects a daemon's stderr lines; tests wait on them with a condition."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, on_close=None):
         super().__init__(daemon=True)
         self.stream = stream
+        self.on_close = on_close
         self.lines = []
         self.closed = False
         self.cond = threading.Condition()
@@ -45,6 +46,8 @@ class LogReader(threading.Thread):
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+        if self.on_close:
+            self.on_close()
 
     def wait_for(self, pattern, timeout=TIMEOUT, start=0):
         """Return the first line (from index `start`) matching regex `pattern`."""
@@ -93,6 +96,10 @@ class Daemon:
                 raise AssertionError(f"superd never sent {word}; log:\n{self.log.text()}")
             if word in msg.split("\n"):
                 return msg
+            if msg == EXITED:
+                self.proc.wait(TIMEOUT)
+                raise AssertionError(f"superd exited ({self.proc.returncode}) before {word}; "
+                                     f"log:\n{self.log.text()}")
 
     @property
     def ready(self):
@@ -106,7 +113,7 @@ class Daemon:
         return parse_address(self.addresses(service)[index])
 
     # -- control -----------------------------------------------------------
-    def signal(self, sig):
+    def send(self, sig):
         os.kill(self.pid, sig)
 
     def reload(self, new_text=None):
@@ -114,12 +121,12 @@ class Daemon:
         if new_text is not None:
             Path(self.config_path).write_text(expand(new_text, Path(self.config_path).parent))
         mark = len(self.log.lines)
-        self.signal(signal.SIGHUP)
+        self.send(signal.SIGHUP)
         self.log.wait_for(r"^reload(ed|-failed)\b", start=mark)
         return self.log.lines[mark:]
 
     def stop(self, sig=signal.SIGTERM, timeout=TIMEOUT):
-        self.signal(sig)
+        self.send(sig)
         return self.proc.wait(timeout)
 
     def kill(self):
@@ -130,6 +137,17 @@ class Daemon:
                 pass
             self.proc.wait(TIMEOUT)
         self.notify.close()
+
+
+EXITED = "SUPERD_TEST_EXITED=1"   # sent by the log reader when stderr closes
+
+
+def _send_exited(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(EXITED.encode(), str(path))
+        except OSError:
+            pass
 
 
 def parse_address(text):
@@ -162,7 +180,7 @@ def start_superd(tmp_path, config_text, *, args=(), env=None, name="services.yam
         cwd=str(tmp_path), env=child_env, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True, pass_fds=pass_fds)
-    log = LogReader(proc.stderr)
+    log = LogReader(proc.stderr, on_close=lambda: _send_exited(notify_path))
     log.start()
     daemon = Daemon(proc, config, ready, notify, log)
     if wait:

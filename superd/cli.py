@@ -1,0 +1,108 @@
+"""The command line: parse options, prepare the process, run the supervisor.
+
+This is the only module that exits the process.  Exit codes follow
+sysexits(3): 0 success, 64 usage, 78 configuration, 71 OS error (a socket
+that cannot be bound, say).
+"""
+
+import argparse
+import os
+import sys
+
+from superd import __version__
+from superd import config as configuration
+from superd.logs import LEVELS, Logger
+
+EX_OK, EX_USAGE, EX_OSERR, EX_CONFIG = 0, 64, 71, 78
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: {message}\n")
+
+
+def parse(argv):
+    parser = _Parser(prog="superd", description="An inetd-style super-server.")
+    parser.add_argument("-f", "--config", metavar="FILE",
+                        help="services file (default: $SUPERD_CONFIG, ./etc/services.yaml, "
+                             "/etc/superd/services.yaml, then the packaged default)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the file, print every error, exit 0 or 78")
+    parser.add_argument("--ready-file", metavar="PATH",
+                        help="write the bound addresses as JSON here when ready and after each reload")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
+    parser.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
+                        help="on TERM, how long handlers may finish before they are killed (10)")
+    parser.add_argument("--version", action="version", version=f"superd {__version__}")
+    return parser.parse_args(argv)
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def main(argv=None):
+    args = parse(sys.argv[1:] if argv is None else argv)
+    path = args.config or configuration.default_path()
+    if args.check:
+        sys.exit(check(path))
+    sys.exit(serve(path, args))
+
+
+def check(path):
+    try:
+        config = configuration.load(path)
+    except configuration.ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(err.problems)} error(s)", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{config.path}: ok, {len(config.enabled)} service(s) enabled")
+    return EX_OK
+
+
+def serve(path, args):
+    from superd import spawn
+    from superd.supervisor import Supervisor
+
+    _prepare_fds()
+    log = Logger(args.log_format, args.log_level)
+    supervisor = Supervisor(path, log, ready_file=args.ready_file, grace=args.grace)
+    try:
+        supervisor.start()
+    except configuration.ConfigError as err:
+        for problem in err.problems:
+            log.error("config-error", problem=str(problem))
+        return EX_CONFIG
+    except spawn.SpawnSetupError as err:
+        log.error("config-error", problem=str(err))
+        return EX_CONFIG
+    except OSError as err:
+        log.error("cannot-listen", address=getattr(err, "address", ""),
+                  error=err.strerror or str(err))
+        return EX_OSERR
+    return supervisor.run()
+
+
+def _prepare_fds():
+    """fds 0-2 open (so no socket lands there); every other inherited fd close-on-exec."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)    # takes the lowest free number: fd
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass                           # the listdir fd itself, now closed

@@ -1,0 +1,305 @@
+"""services.yaml to validated, immutable configuration.
+
+This is the only module that reads YAML.  `load(path)` returns a `Config`
+whose services are frozen `Service` objects with everything resolved that
+could be slow or fail per connection: absolute program paths, uids and gids,
+working directories, the base environment.  Every problem in the file is
+collected with its file, line and key, and raised together as one
+`ConfigError`, so `superd --check` can print them all at once.
+
+The per-service keys are rows of `SERVICE_KEYS`; a key that is not a row is
+an error, never ignored.
+"""
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from superd import values, yamlfile
+from superd.handlers_path import INTERNAL, internal_argv
+
+DEFAULT_INSTANCES = 200
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self):
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in one file."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    line: int                 # where the service starts in the file, for messages
+    listen: tuple             # of values.Address
+    protocol: str             # "tcp" | "udp"
+    mode: str                 # "nowait" | "wait"
+    argv: tuple               # program (absolute) first, then its arguments
+    base_env: tuple           # (NAME, value) pairs: PATH, env, passenv, resolved at load
+    uid: int                  # -1: superd's own
+    gid: int                  # -1: superd's own
+    groups: tuple             # supplementary groups when uid is set
+    workdir: str              # absolute
+    instances: int            # most handlers alive at once
+    timeout: float            # seconds a handler may live; 0: forever
+    stderr: str               # "inherit" | "log" | "null"
+    enabled: bool
+    internal: str             # bundled handler name, or ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    services: tuple           # enabled and disabled Service objects, in file order
+
+    @property
+    def enabled(self):
+        return tuple(s for s in self.services if s.enabled)
+
+
+# key: converter.  Converters are pure and raise ValueError quoting the value.
+SERVICE_KEYS = {
+    "listen": values.address_list,
+    "protocol": values.choice("tcp", "udp"),
+    "mode": values.choice("nowait", "wait"),
+    "server": values.string,
+    "internal": values.choice(*INTERNAL),
+    "args": values.string_list,
+    "env": values.env_mapping,
+    "passenv": values.env_names,
+    "user": values.string,
+    "group": values.string,
+    "workdir": values.string,
+    "instances": values.positive_int,
+    "timeout": values.duration,
+    "stderr": values.stderr_target,
+    "enabled": values.boolean,
+}
+NOT_IN_DEFAULTS = {"listen", "server", "internal"}
+
+
+class _Collector:
+    """Problems found so far in one file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.problems = []
+
+    def add(self, line, key, message):
+        self.problems.append(Problem(self.path, line, key, message))
+
+
+def load(path, environ=None):
+    """Read and validate path; return a Config or raise ConfigError."""
+    path = Path(path).absolute()
+    found = _Collector(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        found.add(0, None, f"cannot read: {getattr(err, 'strerror', None) or err}")
+        raise ConfigError(found.problems) from None
+    tree, yaml_problems = yamlfile.load(text)
+    for p in yaml_problems:
+        found.add(p.line, p.key, p.message)
+    services = _top_level(tree, found, path.parent, os.environ if environ is None else environ)
+    _check_addresses(services, found)
+    if found.problems:
+        raise ConfigError(found.problems)
+    return Config(str(path), tuple(services))
+
+
+def _top_level(tree, found, folder, environ):
+    if found.problems:
+        return []
+    if not isinstance(tree, yamlfile.Located):
+        found.add(1, None, "expected a mapping with a 'services' key")
+        return []
+    for key in tree:
+        if key not in ("defaults", "services"):
+            found.add(tree.lines[key], key, "unknown top-level key (expected defaults, services)")
+    defaults = tree.get("defaults") or yamlfile.Located(tree.line)
+    if not isinstance(defaults, yamlfile.Located):
+        found.add(tree.lines["defaults"], "defaults", "expected a mapping of service settings")
+        defaults = yamlfile.Located(tree.line)
+    for key in defaults:
+        if key in NOT_IN_DEFAULTS:
+            found.add(defaults.lines[key], f"defaults.{key}", "not allowed in defaults")
+    table = tree.get("services")
+    if not isinstance(table, yamlfile.Located) or not table:
+        found.add(tree.lines.get("services", tree.line), "services",
+                  "expected a mapping of service name to settings")
+        return []
+    services = []
+    for name, settings in table.items():
+        service = _service(str(name), table.lines[name], settings, defaults, found, folder, environ)
+        if service is not None:
+            services.append(service)
+    return services
+
+
+def _service(name, line, settings, defaults, found, folder, environ):
+    if not isinstance(settings, yamlfile.Located):
+        found.add(line, f"services.{name}", "expected a mapping of settings")
+        return None
+    before = len(found.problems)
+    merged = {}
+    for source, prefix in ((defaults, "defaults"), (settings, f"services.{name}")):
+        for key, raw in source.items():
+            if prefix == "defaults" and key in NOT_IN_DEFAULTS:
+                continue
+            convert = SERVICE_KEYS.get(key)
+            if convert is None:
+                found.add(source.lines[key], f"{prefix}.{key}", "unknown key")
+                continue
+            try:
+                merged[key] = (convert(raw), source.lines[key], f"{prefix}.{key}")
+            except ValueError as err:
+                found.add(source.lines[key], f"{prefix}.{key}", str(err))
+    if len(found.problems) > before:
+        return None
+    return _resolve(name, line, merged, found, folder, environ)
+
+
+def _resolve(name, line, merged, found, folder, environ):
+    """Cross-key rules and everything resolved once at load."""
+    key = f"services.{name}"
+    get = {k: v[0] for k, v in merged.items()}
+    where = {k: (v[1], v[2]) for k, v in merged.items()}
+    before = len(found.problems)
+    if "listen" not in get:
+        found.add(line, key, "missing 'listen'")
+    protocol = get.get("protocol", "tcp")
+    mode = get.get("mode", "wait" if protocol == "udp" else "nowait")
+    if protocol == "udp" and mode == "nowait":
+        found.add(*where.get("mode", (line, key)), "UDP services are 'wait' (one handler owns the socket)")
+    for address in get.get("listen", ()):
+        if address.kind == "unix" and protocol == "udp":
+            found.add(*where["listen"], "unix: addresses are stream sockets; protocol must be tcp")
+    argv = _argv(get, where, line, key, found, folder)
+    uid, gid, groups = _credentials(get, where, found)
+    workdir = _workdir(get.get("workdir"), where.get("workdir"), found, folder)
+    if len(found.problems) > before:
+        return None
+    listen = tuple(_absolute_unix(a, folder) for a in get["listen"])
+    return Service(
+        name=name, line=line, listen=listen, protocol=protocol, mode=mode, argv=argv,
+        base_env=_base_env(get, environ), uid=uid, gid=gid, groups=groups, workdir=workdir,
+        instances=get.get("instances", DEFAULT_INSTANCES), timeout=get.get("timeout", 0.0),
+        stderr=get.get("stderr", "inherit"), enabled=get.get("enabled", True),
+        internal=get.get("internal", ""))
+
+
+def _argv(get, where, line, key, found, folder):
+    args = get.get("args", ())
+    if ("server" in get) == ("internal" in get):
+        found.add(line, key, "needs exactly one of 'server' (a program) or 'internal' (a bundled handler)")
+        return ()
+    if "internal" in get:
+        return internal_argv(get["internal"]) + args
+    program = Path(folder, get["server"])
+    if not program.is_file():
+        found.add(*where["server"], f"no such program: {program}")
+    elif not os.access(program, os.X_OK):
+        found.add(*where["server"], f"not executable: {program}")
+    return (os.path.normpath(program),) + args
+
+
+def _credentials(get, where, found):
+    """(uid, gid, supplementary groups) for the handler; -1 keeps superd's."""
+    uid = gid = -1
+    groups = ()
+    if "user" in get:
+        try:
+            entry = _lookup(pwd.getpwnam, pwd.getpwuid, get["user"])
+            uid, gid = entry.pw_uid, entry.pw_gid
+            groups = tuple(os.getgrouplist(entry.pw_name, gid))
+        except KeyError:
+            found.add(*where["user"], f"no such user: {get['user']!r}")
+    if "group" in get:
+        try:
+            gid = _lookup(grp.getgrnam, grp.getgrgid, get["group"]).gr_gid
+            if uid == -1:
+                groups = (gid,)
+        except KeyError:
+            found.add(*where["group"], f"no such group: {get['group']!r}")
+    if os.geteuid() != 0 and (uid not in (-1, os.geteuid()) or gid not in (-1, os.getegid())):
+        line, key = where.get("user") or where["group"]
+        found.add(line, key, "switching user or group needs superd to run as root")
+    return uid, gid, groups
+
+
+def _lookup(by_name, by_id, text):
+    try:
+        return by_name(text)
+    except KeyError:
+        if text.isdigit():
+            return by_id(int(text))
+        raise
+
+
+def _workdir(text, where, found, folder):
+    path = os.path.normpath(Path(folder, text)) if text else str(folder)
+    if not os.path.isdir(path):
+        found.add(*where, f"no such directory: {path}")
+    return path
+
+
+def _base_env(get, environ):
+    env = {"PATH": environ.get("PATH") or DEFAULT_PATH}
+    env.update(get.get("env", ()))
+    for name in get.get("passenv", ()):
+        if name in environ:
+            env[name] = environ[name]
+    return tuple(env.items())
+
+
+def _absolute_unix(address, folder):
+    if address.kind != "unix":
+        return address
+    return values.Address("unix", path=os.path.normpath(Path(folder, address.path)))
+
+
+def _check_addresses(services, found):
+    """Two enabled services may not share an address (port 0 excepted)."""
+    seen = {}
+    for service in services:
+        if not service.enabled:
+            continue
+        for address in service.listen:
+            if address.kind == "inet" and address.port == 0:
+                continue
+            ident = (service.protocol if address.kind == "inet" else "unix", address.text)
+            if ident in seen:
+                found.add(service.line, f"services.{service.name}.listen",
+                          f"{address.text} is already used by service {seen[ident]!r}")
+            else:
+                seen[ident] = service.name
+
+
+def default_path(environ=None, cwd=None):
+    """The file superd reads without -f (see DESIGN.md, 'The daemon')."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SUPERD_CONFIG"):
+        return environ["SUPERD_CONFIG"]
+    for candidate in (Path(cwd or os.getcwd(), "etc/services.yaml"), Path("/etc/superd/services.yaml")):
+        if candidate.is_file():
+            return str(candidate)
+    return str(Path(__file__).with_name("default.yaml"))
+

@@ -1,0 +1,515 @@
+"""The event loop: accept, dispatch, reap, signals, reload, shutdown.
+
+This is the only module with mutable runtime state.  One thread sleeps in
+`selector.select` until a listener, a handler's stderr pipe, the signal
+wake-up socket or the next timer needs it.  Signal handlers do nothing:
+`signal.set_wakeup_fd` writes the signal number to a socketpair and all the
+work happens here, in the loop.
+
+Rule 1: a listener is registered in the selector exactly when its service
+may start a handler on it: not stopping, below `instances`, not paused, and
+(wait mode) no handler owns it.  `_sync` is the only place that decides.
+At the limit the kernel backlog holds new clients; none is refused.
+Rule 2: every handler is in `children` from its spawn until it is reaped;
+every pid that ends is reaped, known or not (superd may be PID 1).
+Rule 3: a reload changes nothing until the new file has loaded and every new
+listener is bound; then it swaps states in one step.
+"""
+
+import errno
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import time
+from functools import partial
+
+from superd import config as configuration
+from superd import listeners as sockets
+from superd import reaping, spawn, systemd
+from superd.status import Counters
+from superd.timers import Timers
+
+ACCEPT_BATCH = 32        # connections taken per wake-up before looking at the rest
+PAUSE_ON_ERROR = 1.0     # seconds a listener rests after EMFILE, ENFILE, EAGAIN, ...
+KILL_AFTER = 5.0         # seconds between TERM and KILL for a handler past `timeout`
+FAST_EXIT = 1.0          # a wait-mode handler living less than this may be looping
+FREE_FAST_EXITS = 2      # fast exits tolerated before backing off
+BACKOFF_MAX = 30.0
+STDERR_LINE_MAX = 4096
+PER_CONNECTION_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINVAL,
+                         errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                         errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class ServiceState:
+    """A service as it runs: its config, recipe, listeners and counters."""
+
+    def __init__(self, service, recipe):
+        self.service = service
+        self.recipe = recipe
+        self.name = service.name
+        self.listeners = []
+        self.running = 0
+        self.counters = Counters()
+        self.fast_exits = 0
+
+
+class Child:
+    """One running handler."""
+
+    __slots__ = ("pid", "state", "client", "started", "timer", "listener", "timed_out")
+
+    def __init__(self, pid, state, client, started, listener=None):
+        self.pid = pid
+        self.state = state
+        self.client = client
+        self.started = started
+        self.timer = None
+        self.listener = listener      # wait mode: the listener it owns
+        self.timed_out = False
+
+
+class Supervisor:
+    def __init__(self, config_path, log, ready_file=None, grace=10.0):
+        self.config_path = os.path.abspath(config_path)
+        self.log = log
+        self.ready_file = os.path.abspath(ready_file) if ready_file else None
+        self.grace = grace
+        self.selector = selectors.DefaultSelector()
+        self.timers = Timers()
+        self.spawner = spawn.Spawner()
+        self.states = {}          # name -> ServiceState (current config)
+        self.listeners = {}       # identity -> Listener
+        self.children = {}        # pid -> Child
+        self.watched = set()      # listeners registered in the selector
+        self.paused = set()       # listeners resting after an error
+        self.busy = {}            # listener -> pid of the wait-mode handler owning it
+        self.backoff = set()      # wait-mode listeners held back after fast exits
+        self.stderr_bufs = {}     # fd -> bytes not yet ending in a newline
+        self.stopping = False
+
+    # -- start-up ------------------------------------------------------------
+    def start(self):
+        """Load, bind (or adopt), install signals, announce readiness.
+
+        Raises ConfigError, SpawnSetupError or OSError; nothing is left open then.
+        """
+        config = configuration.load(self.config_path)
+        recipes = {s.name: spawn.recipe(s) for s in config.enabled}
+        adopted, unwanted = sockets.adopt(systemd.listen_fds(), config.enabled)
+        for sock in unwanted:
+            self.log.warning("systemd-socket-unused", address=sockets.bound_text(sock))
+            sock.close()
+        self.listeners, _ = sockets.reconcile(adopted, config.enabled)
+        self._install(config, recipes)
+        self._signals()
+        for state in self.states.values():
+            self._sync(state)
+        self.log.info("started", pid=os.getpid(), config=self.config_path,
+                      services=len(self.states))
+        self._announce()
+
+    def _install(self, config, recipes):
+        states = {}
+        for service in config.enabled:
+            state = self.states.get(service.name) or ServiceState(service, recipes[service.name])
+            state.service, state.recipe = service, recipes[service.name]
+            keys = dict.fromkeys(sockets.identity(service.name, a, service.protocol)
+                                 for a in service.listen)
+            state.listeners = [self.listeners[k] for k in keys]
+            states[service.name] = state
+            for listener in state.listeners:
+                self.log.info("listening", service=service.name, address=listener.text,
+                              adopted=int(listener.adopted))
+        self.states = states
+
+    def _signals(self):
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _ignore_in_handler)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
+
+    def _announce(self):
+        if self.ready_file:
+            ready = {"pid": os.getpid(),
+                     "services": {n: [l.text for l in s.listeners] for n, s in self.states.items()}}
+            tmp = f"{self.ready_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(ready, f)
+            os.replace(tmp, self.ready_file)
+        systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
+
+    # -- the loop ------------------------------------------------------------
+    def run(self):
+        """Serve until a stop completes; returns the exit status (0)."""
+        wait_for_events, timers, clock = self.selector.select, self.timers, time.monotonic
+        while not (self.stopping and not self.children):
+            for key, _ in wait_for_events(timers.delay(clock())):
+                key.data()
+            timers.run_due(clock())
+        self.log.info("stopped", pid=os.getpid())
+        if self.ready_file:
+            _unlink_quietly(self.ready_file)
+        return 0
+
+    def _sync(self, state):
+        """Rule 1: watch each listener of state exactly when it may accept."""
+        room = not self.stopping and state.running < state.service.instances
+        for listener in state.listeners:
+            want = (room and listener not in self.paused and listener not in self.busy
+                    and listener not in self.backoff)
+            if want and listener not in self.watched:
+                self.selector.register(listener.fd, selectors.EVENT_READ,
+                                       partial(self._on_listener, listener))
+                self.watched.add(listener)
+            elif not want and listener in self.watched:
+                self._unwatch(listener)
+
+    def _unwatch(self, listener):
+        if listener in self.watched:
+            self.selector.unregister(listener.fd)
+            self.watched.discard(listener)
+
+    # -- accepting and starting ------------------------------------------------
+    def _on_listener(self, listener):
+        state = self.states.get(listener.service)
+        if state is None or listener not in self.watched:
+            return
+        if state.service.mode == "wait":
+            self._activate(state, listener)
+        else:
+            self._accept(state, listener)
+
+    def _accept(self, state, listener):
+        limit = state.service.instances
+        for _ in range(ACCEPT_BATCH):
+            if state.running >= limit:
+                break
+            try:
+                # _accept() gives (fd, address) without building a socket
+                # object; the fd is close-on-exec and blocking (accept4).
+                fd, peer = listener.sock._accept()
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if err.errno in PER_CONNECTION_ERRORS:
+                    continue
+                self._pause([listener], "accept", err)
+                break
+            state.counters.accepted += 1
+            self._dispatch(state, listener, fd, peer)
+        if state.running >= limit:
+            self._sync(state)
+
+    def _dispatch(self, state, listener, fd, peer):
+        client = "?"
+        try:
+            env, client = self._connection(listener, fd, peer)
+            pid, err_fd = self.spawner.start(state.recipe, fd, env)
+        except OSError as err:
+            self._spawn_failed(state, [listener], client, err)
+            return
+        finally:
+            os.close(fd)
+        self._track(Child(pid, state, client, time.monotonic()), err_fd)
+
+    def _connection(self, listener, fd, peer):
+        if listener.sock.family == socket.AF_UNIX:
+            env = spawn.unix_peer_env(fd)
+            return env, "unix:pid=" + env["UNIXREMOTEPID"]
+        local = listener.local
+        if local is None:
+            probe = socket.socket(fileno=fd)
+            try:
+                local = probe.getsockname()
+            finally:
+                probe.detach()
+        env = spawn.connection_env(listener.sock.family, peer, local)
+        ip = env["REMOTE_ADDR"]
+        return env, (f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}")
+
+    def _activate(self, state, listener):
+        """Wait mode: hand the listener itself to a handler."""
+        state.counters.accepted += 1
+        listener.sock.setblocking(True)      # the handler gets it in blocking mode
+        try:
+            pid, err_fd = self.spawner.start(state.recipe, listener.fd, {}, wait_mode=True)
+        except OSError as err:
+            listener.sock.setblocking(False)
+            self._spawn_failed(state, [listener], listener.text, err)
+            return
+        self.busy[listener] = pid
+        self._track(Child(pid, state, listener.text, time.monotonic(), listener), err_fd)
+        self._sync(state)
+
+    def _track(self, child, err_fd):
+        state = child.state
+        state.running += 1
+        state.counters.started += 1
+        self.children[child.pid] = child
+        if state.service.timeout:
+            child.timer = self.timers.at(child.started + state.service.timeout,
+                                         partial(self._timeout, child))
+        if err_fd is not None:
+            self.stderr_bufs[err_fd] = b""
+            self.selector.register(err_fd, selectors.EVENT_READ,
+                                   partial(self._on_stderr, err_fd, state.name, child.pid))
+        self.log.debug("start", service=state.name, client=child.client, pid=child.pid)
+
+    def _spawn_failed(self, state, listeners, client, err):
+        state.counters.failed += 1
+        self.log.error("spawn-failed", service=state.name, client=client,
+                       program=state.recipe.argv[0], error=_errname(err))
+        if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+            self._pause(listeners, "spawn", err)
+
+    def _pause(self, listeners, what, err):
+        """Rest these listeners briefly: the loop must never spin on an error."""
+        for listener in listeners:
+            if listener in self.paused:
+                continue
+            self.paused.add(listener)
+            self._unwatch(listener)
+            self.log.warning("paused", service=listener.service, address=listener.text,
+                             during=what, error=_errname(err), seconds=PAUSE_ON_ERROR)
+            self.timers.at(time.monotonic() + PAUSE_ON_ERROR, partial(self._resume, listener))
+
+    def _resume(self, listener):
+        self.paused.discard(listener)
+        state = self.states.get(listener.service)
+        if state is not None and listener in state.listeners:
+            self.log.info("resumed", service=listener.service, address=listener.text)
+            self._sync(state)
+
+    # -- handlers ending -----------------------------------------------------
+    def _reap(self):
+        now = time.monotonic()
+        for pid, status in reaping.reap_all():
+            child = self.children.pop(pid, None)
+            if child is None:
+                self.log.info("reaped", pid=pid, **reaping.decode(status))
+            else:
+                self._finished(child, status, now)
+
+    def _finished(self, child, status, now):
+        state = child.state
+        state.running -= 1
+        if child.timer is not None:
+            child.timer.cancel()
+        outcome = reaping.decode(status)
+        if "signal" in outcome:
+            state.counters.killed += 1
+        elif outcome["status"] != 0:
+            state.counters.exited_nonzero += 1
+        extra = {"timeout": 1} if child.timed_out else {}
+        self.log.info("exit", service=state.name, client=child.client, pid=child.pid,
+                      **outcome, duration=round(now - child.started, 6), **extra)
+        if child.listener is not None:
+            self._wait_handler_done(state, child, now)
+        if self.states.get(state.name) is state:
+            self._sync(state)
+
+    def _wait_handler_done(self, state, child, now):
+        listener = child.listener
+        self.busy.pop(listener, None)
+        if listener.sock.fileno() == -1:
+            return                        # closed by a reload meanwhile
+        listener.sock.setblocking(False)
+        if now - child.started >= FAST_EXIT or not _readable(listener.fd):
+            state.fast_exits = 0
+            return
+        state.fast_exits += 1
+        if state.fast_exits <= FREE_FAST_EXITS:
+            return
+        delay = min(BACKOFF_MAX, 0.5 * 2 ** (state.fast_exits - FREE_FAST_EXITS - 1))
+        self.backoff.add(listener)
+        self.log.warning("wait-backoff", service=state.name, address=listener.text,
+                         fast_exits=state.fast_exits, seconds=delay)
+        self.timers.at(now + delay, partial(self._end_backoff, listener))
+
+    def _end_backoff(self, listener):
+        self.backoff.discard(listener)
+        state = self.states.get(listener.service)
+        if state is not None:
+            self._sync(state)
+
+    def _timeout(self, child):
+        if self.children.get(child.pid) is not child:
+            return
+        child.timed_out = True
+        child.state.counters.timeouts += 1
+        self.log.warning("timeout", service=child.state.name, client=child.client,
+                         pid=child.pid, after=child.state.service.timeout)
+        _killpg(child.pid, signal.SIGTERM)
+        child.timer = self.timers.at(time.monotonic() + KILL_AFTER, partial(self._kill, child))
+
+    def _kill(self, child):
+        if self.children.get(child.pid) is child:
+            _killpg(child.pid, signal.SIGKILL)
+
+    def _on_stderr(self, fd, service, pid):
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = self.stderr_bufs.get(fd, b"") + data
+        *lines, rest = buf.split(b"\n")
+        if not data:
+            lines.append(rest)
+            rest = b""
+        for line in lines:
+            if line:
+                self.log.info("stderr", service=service, pid=pid,
+                              text=line[:STDERR_LINE_MAX].decode("utf-8", "replace"))
+        if len(rest) > STDERR_LINE_MAX:
+            self.log.info("stderr", service=service, pid=pid,
+                          text=rest[:STDERR_LINE_MAX].decode("utf-8", "replace"))
+            rest = b""
+        if data:
+            self.stderr_bufs[fd] = rest
+        else:
+            self.selector.unregister(fd)
+            os.close(fd)
+            del self.stderr_bufs[fd]
+
+    # -- signals ---------------------------------------------------------------
+    def _on_wakeup(self):
+        received = set()
+        while True:
+            try:
+                data = self.wake_r.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                break
+            received.update(data)
+        if signal.SIGCHLD in received:
+            self._reap()
+        if signal.SIGHUP in received and not self.stopping:
+            self._reload()
+        if signal.SIGUSR1 in received:
+            self._status()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig in received:
+                self._stop(sig)
+
+    def _status(self):
+        for state in self.states.values():
+            self.log.info("status", service=state.name,
+                          paused=int(any(l in self.paused or l in self.backoff
+                                         for l in state.listeners)),
+                          **state.counters.fields(state.running))
+
+    # -- reload ------------------------------------------------------------------
+    def _reload(self):
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.log.info("reloading", config=self.config_path)
+        try:
+            config = configuration.load(self.config_path)
+            recipes = {s.name: spawn.recipe(s) for s in config.enabled}
+            wanted, unwanted = sockets.reconcile(self.listeners, config.enabled)
+        except configuration.ConfigError as err:
+            for problem in err.problems:
+                self.log.error("config-error", problem=str(problem))
+            self.log.error("reload-failed", config=self.config_path, errors=len(err.problems),
+                           kept="the running configuration")
+            systemd.notify("READY=1")
+            return
+        except (spawn.SpawnSetupError, OSError) as err:
+            self.log.error("reload-failed", config=self.config_path,
+                           address=getattr(err, "address", ""), error=_errname(err),
+                           kept="the running configuration")
+            systemd.notify("READY=1")
+            return
+        for listener in unwanted:
+            self._unwatch(listener)
+            self.paused.discard(listener)
+            self.backoff.discard(listener)
+            self.log.info("closed", service=listener.service, address=listener.text)
+            listener.close()
+        for name, state in self.states.items():
+            if name not in recipes:
+                for listener in state.listeners:
+                    self._unwatch(listener)
+                state.listeners = []
+                self.log.info("removed", service=name, running=state.running)
+        self.listeners = wanted
+        self._install(config, recipes)
+        for state in self.states.values():
+            self._sync(state)
+        self.log.info("reloaded", config=self.config_path, services=len(self.states))
+        self._announce()
+
+    # -- shutdown ------------------------------------------------------------------
+    def _stop(self, sig):
+        if self.stopping:
+            self.log.warning("stop-now", signal=reaping.signal_name(sig), killing=len(self.children))
+            self._kill_all()
+            return
+        self.stopping = True
+        systemd.notify("STOPPING=1")
+        self.log.info("stopping", signal=reaping.signal_name(sig), running=len(self.children),
+                      grace=self.grace)
+        for listener in list(self.listeners.values()):
+            self._unwatch(listener)
+            listener.close()
+        self.listeners = {}
+        for state in self.states.values():
+            state.listeners = []
+        for child in self.children.values():
+            if child.listener is not None:     # wait-mode handlers never end by themselves
+                _killpg(child.pid, signal.SIGTERM)
+        if self.children:
+            self.timers.at(time.monotonic() + self.grace, self._grace_over)
+
+    def _grace_over(self):
+        if self.children:
+            self.log.warning("grace-over", killing=len(self.children))
+            self._kill_all()
+
+    def _kill_all(self):
+        for pid in self.children:
+            _killpg(pid, signal.SIGKILL)
+
+
+def _ignore_in_handler(signum, frame):
+    """All signal work happens in the loop (set_wakeup_fd); see module doc."""
+
+
+def _killpg(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _readable(fd):
+    """Is input waiting on fd right now?  (One poll with a zero timeout.)"""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _errname(err):
+    code = getattr(err, "errno", None)
+    name = errno.errorcode.get(code, "") if code else ""
+    text = getattr(err, "strerror", None) or str(err)
+    return f"{name}: {text}" if name else text
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

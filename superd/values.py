@@ -1,0 +1,171 @@
+"""Converters from YAML values to the typed values superd uses.
+
+Each converter is a small pure function taking the value YAML produced and
+returning the checked value, or raising ValueError with a message that quotes
+the bad input.  None of them knows about files, lines or keys: config.py adds
+those.  Addresses are parsed here too, into `Address` objects that listeners
+bind and that the ready-file prints.
+"""
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+@dataclass(frozen=True)
+class Address:
+    """One listen address.  kind is "inet" or "unix".
+
+    For inet, host is a numeric IPv4 or IPv6 address ("" for a bare PORT,
+    which binds every address, dual-stack where IPv6 exists); for unix,
+    path is absolute.  `text` is the spelling users see in logs.
+    """
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_v6(self):
+        return ":" in self.host
+
+    @property
+    def text(self):
+        if self.kind == "unix":
+            return "unix:" + self.path
+        if self.host == "":
+            return str(self.port)
+        if self.is_v6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def boolean(value):
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def string(value):
+    if isinstance(value, str) and value:
+        return value
+    raise ValueError(f"expected a non-empty string, got {value!r}")
+
+
+def string_list(value):
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return tuple(str(v) for v in value)
+    raise ValueError(f"expected a list of strings, got {value!r}")
+
+
+def env_mapping(value):
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        out.append((env_name(name), scalar_text(val)))
+    return tuple(out)
+
+
+def env_name(value):
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return value
+    raise ValueError(f"not an environment variable name: {value!r}")
+
+
+def env_names(value):
+    return tuple(env_name(v) for v in string_list(value))
+
+
+def scalar_text(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError(f"expected a string or number, got {value!r}")
+
+
+def positive_int(value):
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"expected a whole number above 0, got {value!r}")
+
+
+def duration(value):
+    """Seconds, as a number above 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ValueError(f"expected a number of seconds above 0, got {value!r}")
+
+
+def size(value):
+    """A byte count: 512, "64K", "1M", "2G"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", value.upper())
+        if m:
+            return int(m.group(1)) * SIZE_SUFFIXES[m.group(2)]
+    raise ValueError(f"expected a size such as 4096, 64K, 1M or 2G, got {value!r}")
+
+
+def choice(*allowed):
+    def convert(value):
+        if value in allowed:
+            return value
+        raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+    return convert
+
+
+def stderr_target(value):
+    """inherit | log | null; YAML reads a bare `null` as None, which means null."""
+    return choice("inherit", "log", "null")("null" if value is None else value)
+
+
+def port_number(text):
+    if not re.fullmatch(r"\d{1,5}", text) or int(text) > 65535:
+        raise ValueError(f"bad port {text!r}: expected 0 to 65535")
+    return int(text)
+
+
+def address(value):
+    """Parse PORT | HOST:PORT | [V6]:PORT | unix:/path (path made absolute later)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected an address such as 8080, 127.0.0.1:8080, [::1]:8080 or unix:/path, got {value!r}")
+    if value.startswith("unix:"):
+        if len(value) == 5 or "\0" in value:
+            raise ValueError(f"bad unix socket address {value!r}")
+        return Address("unix", path=value[5:])
+    if value.isdigit():
+        return Address("inet", "", port_number(value))
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)", value)
+    if m:
+        host, port = m.group(1), m.group(2)
+        try:
+            ip = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"bad IPv6 address in {value!r}") from None
+        return Address("inet", str(ip), port_number(port))
+    host, sep, port = value.rpartition(":")
+    if not sep or ":" in host:
+        raise ValueError(f"cannot parse address {value!r}: expected PORT, HOST:PORT, [V6]:PORT or unix:/path")
+    if host in ("localhost", "*"):
+        host = "127.0.0.1" if host == "localhost" else "0.0.0.0"
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"bad host in {value!r}: expected a numeric IPv4 address, "
+                         "[IPv6], localhost or *") from None
+    return Address("inet", str(ip), port_number(port))
+
+
+def address_list(value):
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected at least one address")
+    return tuple(address(v) for v in items)

@@ -34,7 +34,7 @@ from superd.timers import Timers
 
 ACCEPT_BATCH = 32        # connections taken per wake-up before looking at the rest
 PAUSE_ON_ERROR = 1.0     # seconds a listener rests after EMFILE, ENFILE, EAGAIN, ...
-KILL_AFTER = 5.0         # seconds between TERM and KILL for a handler past `timeout`
+KILL_AFTER = 5.0         # most seconds between TERM and KILL for a handler past `timeout`
 FAST_EXIT = 1.0          # a wait-mode handler living less than this may be looping
 FREE_FAST_EXITS = 2      # fast exits tolerated before backing off
 BACKOFF_MAX = 30.0
@@ -350,7 +350,9 @@ class Supervisor:
         self.log.warning("timeout", service=child.state.name, client=child.client,
                          pid=child.pid, after=child.state.service.timeout)
         _killpg(child.pid, signal.SIGTERM)
-        child.timer = self.timers.at(time.monotonic() + KILL_AFTER, partial(self._kill, child))
+        # A short timeout gets a short wait for TERM too (at least 1 s).
+        delay = min(KILL_AFTER, max(1.0, child.state.service.timeout))
+        child.timer = self.timers.at(time.monotonic() + delay, partial(self._kill, child))
 
     def _kill(self, child):
         if self.children.get(child.pid) is child:

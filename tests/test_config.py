@@ -1,0 +1,199 @@
+"""services.yaml validation: every error names file, line and key; --check."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from superd import config, values
+
+GOOD_SERVER = "/bin/cat"
+
+
+def load_text(tmp_path, text):
+    path = tmp_path / "services.yaml"
+    path.write_text(textwrap.dedent(text))
+    return config.load(path)
+
+
+def problems(tmp_path, text):
+    data = tmp_path / "data.txt"
+    data.write_text("not a program")
+    data.chmod(0o644)
+    text = text.replace("{tmp}", str(tmp_path))
+    with pytest.raises(config.ConfigError) as info:
+        load_text(tmp_path, text)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("text, line, key, fragment", [
+    ("services:\n  a: {listen: 0, server: /bin/cat, colour: red}\n", 2, "services.a.colour", "unknown key"),
+    ("services:\n  a:\n    listen: 0\n    listen: 1\n    server: /bin/cat\n", 4, "listen", "duplicate key"),
+    ("services:\n  a: {listen: nowhere, server: /bin/cat}\n", 2, "services.a.listen", "cannot parse address"),
+    ("services:\n  a: {listen: '1.2.3:80', server: /bin/cat}\n", 2, "services.a.listen", "bad host"),
+    ("services:\n  a: {listen: '[zz]:80', server: /bin/cat}\n", 2, "services.a.listen", "bad IPv6"),
+    ("services:\n  a: {listen: 70000, server: /bin/cat}\n", 2, "services.a.listen", "bad port"),
+    ("services:\n  a: {listen: 0}\n", 2, "services.a", "exactly one of 'server'"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, internal: echo}\n", 2, "services.a", "exactly one"),
+    ("services:\n  a: {listen: 0, server: /no/such/program}\n", 2, "services.a.server", "no such program"),
+    ("services:\n  a: {listen: 0, server: {tmp}/data.txt}\n", 2, "services.a.server", "not executable"),
+    ("services:\n  a: {listen: 0, internal: gopher}\n", 2, "services.a.internal", "expected one of"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, protocol: sctp}\n", 2, "services.a.protocol", "expected one of"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, protocol: udp, mode: nowait}\n", 2, "services.a.mode", "UDP services are 'wait'"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, instances: 0}\n", 2, "services.a.instances", "above 0"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, instances: many}\n", 2, "services.a.instances", "whole number"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, timeout: -1}\n", 2, "services.a.timeout", "seconds"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, enabled: maybe}\n", 2, "services.a.enabled", "true or false"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, env: [A]}\n", 2, "services.a.env", "mapping"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, env: {'A B': 1}}\n", 2, "services.a.env", "environment variable name"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, args: oops}\n", 2, "services.a.args", "list of strings"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, user: no-such-user-xyz}\n", 2, "services.a.user", "no such user"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, group: no-such-group-xyz}\n", 2, "services.a.group", "no such group"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, workdir: /no/such/dir}\n", 2, "services.a.workdir", "no such directory"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, stderr: file}\n", 2, "services.a.stderr", "expected one of"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, only_from: [10.0.0.0/8]}\n", 2, "services.a.only_from", "unknown key"),
+    ("services:\n  a: {listen: unix:/tmp/x.sock, server: /bin/cat, protocol: udp}\n", 2, "services.a.listen", "stream sockets"),
+    ("defaults:\n  listen: 80\nservices:\n  a: {listen: 0, server: /bin/cat}\n", 2, "defaults.listen", "not allowed in defaults"),
+    ("defaults:\n  instances: -3\nservices:\n  a: {listen: 0, server: /bin/cat}\n", 2, "defaults.instances", "above 0"),
+    ("colour: red\nservices:\n  a: {listen: 0, server: /bin/cat}\n", 1, "colour", "unknown top-level key"),
+    ("services: []\n", 1, "services", "mapping of service name"),
+    ("services:\n  a: [1, 2]\n", 2, "services.a", "mapping of settings"),
+    ("services:\n  a: {listen: 0, server: /bin/cat\n", 3, None, "YAML syntax"),
+    ("- just\n- a list\n", 1, None, "expected a mapping"),
+    ("services:\n  a: {listen: '127.0.0.1:7000', server: /bin/cat}\n  b: {listen: '127.0.0.1:7000', server: /bin/cat}\n",
+     3, "services.b.listen", "already used by service 'a'"),
+])
+def test_each_error_names_line_and_key(tmp_path, text, line, key, fragment):
+    found = problems(tmp_path, text)
+    assert len(found) == 1, found
+    p = found[0]
+    assert p.file == str(tmp_path / "services.yaml")
+    assert p.line == line
+    assert key is None or key in (p.key or "")
+    assert fragment in p.message
+    assert str(p).startswith(f"{p.file}:{line}: ")
+
+
+def test_a_clean_file_resolves_everything(tmp_path):
+    (tmp_path / "site").mkdir()
+    cfg = load_text(tmp_path, f"""
+        defaults:
+          instances: 7
+          env: {{LANG: C.UTF-8}}
+        services:
+          web:
+            listen: [8080, "127.0.0.1:0", "[::1]:0", unix:web.sock]
+            server: {GOOD_SERVER}
+            args: [--root, site, 3]
+            workdir: site
+            timeout: 2.5
+          echo-udp:
+            listen: 127.0.0.1:0
+            protocol: udp
+            internal: echo
+          off:
+            listen: 127.0.0.1:0
+            server: {GOOD_SERVER}
+            enabled: false
+    """)
+    web, udp, off = cfg.services
+    assert [a.text for a in web.listen] == ["8080", "127.0.0.1:0", "[::1]:0", f"unix:{tmp_path}/web.sock"]
+    assert web.argv == (GOOD_SERVER, "--root", "site", "3")
+    assert web.workdir == str(tmp_path / "site")
+    assert web.instances == 7 and web.timeout == 2.5 and web.mode == "nowait"
+    assert ("LANG", "C.UTF-8") in web.base_env
+    assert udp.mode == "wait" and udp.argv[-1] == "echo" and udp.argv[-2].endswith("classic.py")
+    assert [s.name for s in cfg.enabled] == ["web", "echo-udp"]
+    assert off.enabled is False
+
+
+def test_disabled_services_may_share_an_address(tmp_path):
+    cfg = load_text(tmp_path, """
+        services:
+          a: {listen: "127.0.0.1:7001", server: /bin/cat}
+          b: {listen: "127.0.0.1:7001", server: /bin/cat, enabled: false}
+    """)
+    assert len(cfg.services) == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8080", ("inet", "", 8080)), ("127.0.0.1:80", ("inet", "127.0.0.1", 80)),
+    ("[::1]:80", ("inet", "::1", 80)), ("[0:0::1]:80", ("inet", "::1", 80)),
+    ("localhost:9", ("inet", "127.0.0.1", 9)), ("*:9", ("inet", "0.0.0.0", 9)),
+    (8080, ("inet", "", 8080)),
+])
+def test_address_forms(text, expected):
+    a = values.address(text)
+    assert (a.kind, a.host, a.port) == expected
+
+
+@pytest.mark.parametrize("text, expected", [(0, 0), (512, 512), ("4K", 4096), ("1m", 1 << 20), ("2G", 2 << 30)])
+def test_sizes(text, expected):
+    assert values.size(text) == expected
+
+
+def run_check(path):
+    return subprocess.run([sys.executable, "-m", "superd", "--check", "-f", str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_check_reports_every_error_with_its_line(tmp_path):
+    path = tmp_path / "services.yaml"
+    path.write_text(textwrap.dedent("""\
+        services:
+          one:
+            listen: 127.0.0.1:0
+            server: /no/such/program
+          two:
+            listen: not-an-address
+            internal: echo
+          three:
+            listen: 0
+            internal: echo
+            colour: blue
+          four:
+            listen: 0
+            server: /bin/cat
+            instances: none
+    """))
+    r = run_check(path)
+    assert r.returncode == 78
+    lines = [l for l in r.stderr.splitlines() if l.startswith(str(path) + ":") and "error(s)" not in l]
+    assert len(lines) == 4, r.stderr
+    assert f"{path}:4: services.one.server: no such program" in r.stderr
+    assert f"{path}:6: services.two.listen: cannot parse address" in r.stderr
+    assert f"{path}:11: services.three.colour: unknown key" in r.stderr
+    assert f"{path}:15: services.four.instances" in r.stderr
+
+
+def test_check_clean_file_exits_0(tmp_path):
+    path = tmp_path / "services.yaml"
+    path.write_text("services:\n  e: {listen: 0, internal: echo}\n")
+    r = run_check(path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_missing_file_is_a_config_error(tmp_path):
+    r = run_check(tmp_path / "absent.yaml")
+    assert r.returncode == 78 and "cannot read" in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--log-format", "xml"], ["--grace", "soon"]])
+def test_usage_errors_exit_64(argv):
+    r = subprocess.run([sys.executable, "-m", "superd", *argv], capture_output=True, timeout=30)
+    assert r.returncode == 64
+
+
+def test_version():
+    r = subprocess.run([sys.executable, "-m", "superd", "--version"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("superd ")
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    for path in (root / "etc/services.yaml", root / "superd/default.yaml"):
+        r = run_check(path)
+        assert r.returncode == 0, (path, r.stderr)

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +61,18 @@ class Procs:
         return proc
 
     def kill_all(self):
+        """SIGKILL each process group, and any descendant that left it (setsid)."""
         for proc in self.procs:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                strays = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                strays = []
+            kills = [(os.killpg, proc.pid)] + [(os.kill, child.pid) for child in strays]
+            for kill, pid in kills:
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.wait(TIMEOUT)
 
 

@@ -1,0 +1,203 @@
+"""handlers/classic.py in wait mode: it owns a bound UDP or listening TCP socket.
+
+The socket reaches it on fd 0 (inetd, xinetd), on fd 3 through LISTEN_FDS with
+LISTEN_PID set to its own pid by a shell trampoline (systemd), or on fds 0, 1
+and 3 at once (superd).  It answers until idle for --idle-exit seconds.
+"""
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from test_classic_support import (FD3_ONLY, FD3_TOO, TIMEOUT, ask, check_chargen,
+                                  check_daytime, check_time, connect, echo_roundtrip, errfile,
+                                  handler, procs, readable, recv_exact, tcp_listener,
+                                  trampoline, udp_socket, CHARGEN)
+
+__all__ = ["errfile", "procs"]   # fixtures, imported for pytest
+
+UTC = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC"}
+
+
+def finished(proc, errfile):
+    assert proc.wait(TIMEOUT) == 0
+    assert errfile.text() == ""
+
+
+# -- UDP
+
+@pytest.mark.parametrize("service, check", [
+    ("echo", lambda data: data == b"ping"),
+    ("daytime", lambda data: check_daytime(data) is None),
+    ("time", lambda data: check_time(data) is None),
+    ("chargen", lambda data: check_chargen(data) is None and len(data) <= 512),
+])
+def test_udp_on_fd0_answers_then_exits_when_idle(procs, errfile, service, check):
+    sock = udp_socket()
+    proc = procs.start(handler(service, "--idle-exit", "0.5"), stdin=sock,
+                       stderr=errfile.file, env=UTC)
+    for _ in range(3):
+        assert check(ask(sock.getsockname()))
+    finished(proc, errfile)              # no datagram for 0.5 s: exit 0
+
+
+def test_udp_discard_answers_nothing(procs, errfile):
+    sock = udp_socket()
+    proc = procs.start(handler("discard", "--idle-exit", "0.5"), stdin=sock,
+                       stderr=errfile.file)
+    with udp_socket() as client:
+        client.sendto(b"into the void", sock.getsockname())
+        finished(proc, errfile)
+        assert not readable(client, 0)
+
+
+def test_udp_on_fd3_via_listen_fds(procs, errfile):
+    sock = udp_socket()
+    proc = procs.start(trampoline(handler("echo", "--idle-exit", "0.5"), FD3_ONLY),
+                       stdin=sock, stderr=errfile.file)
+    assert ask(sock.getsockname(), b"on fd 3") == b"on fd 3"
+    finished(proc, errfile)
+
+
+def test_udp_as_superd_passes_it_on_fds_0_1_and_3(procs, errfile):
+    sock = udp_socket()
+    proc = procs.start(trampoline(handler("time", "--idle-exit", "0.5"), FD3_TOO, names="time"),
+                       stdin=sock, stderr=errfile.file)
+    check_time(ask(sock.getsockname()))
+    finished(proc, errfile)
+
+
+def test_listen_fds_for_another_pid_is_ignored(procs, errfile):
+    """LISTEN_PID names someone else: the variables are not ours; fd 0 is used."""
+    sock = udp_socket()
+    env = dict(UTC, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+    proc = procs.start(handler("echo", "--idle-exit", "0.5"), stdin=sock,
+                       stderr=errfile.file, env=env)
+    assert ask(sock.getsockname(), b"fd 0") == b"fd 0"
+    finished(proc, errfile)
+
+
+def test_udp_flood_is_bounded_and_the_service_recovers(procs, errfile):
+    """Thousands of datagrams from a client that reads none: one answer each at
+    most, the excess dropped by the kernel; a new client is answered after."""
+    sock = udp_socket()
+    proc = procs.start(handler("echo", "--idle-exit", "1"), stdin=sock, stderr=errfile.file)
+    with udp_socket() as flooder:
+        flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flooder.setblocking(False)
+        sent = 0
+        for _ in range(5000):
+            try:
+                flooder.sendto(b"f" * 1024, sock.getsockname())
+                sent += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+        assert sent > 0
+        with udp_socket() as probe:
+            probe.settimeout(1.0)
+            for _ in range(int(TIMEOUT)):     # UDP may drop a probe in the flood: ask again
+                probe.sendto(b"probe", sock.getsockname())
+                try:
+                    if probe.recv(65536) == b"probe":
+                        break
+                except socket.timeout:
+                    continue
+            else:
+                raise AssertionError("no answer after the flood")
+        assert proc.poll() is None
+    finished(proc, errfile)
+
+
+# -- TCP
+
+def test_tcp_wait_serves_clients_concurrently_then_exits_when_idle(procs, errfile):
+    listener = tcp_listener()
+    proc = procs.start(handler("chargen", "--idle-exit", "0.5"), stdin=listener,
+                       stderr=errfile.file)
+    stalled = connect(listener.getsockname())     # never reads: its thread blocks
+    assert readable(stalled, TIMEOUT)
+    with connect(listener.getsockname()) as reader:
+        assert recv_exact(reader, 74 * 200) == (CHARGEN * 3)[:74 * 200]
+    stalled.close()
+    finished(proc, errfile)
+
+
+def test_tcp_wait_does_not_exit_while_a_client_is_connected(procs, errfile):
+    listener = tcp_listener()
+    proc = procs.start(handler("echo", "--idle-exit", "0.2"), stdin=listener,
+                       stderr=errfile.file)
+    with connect(listener.getsockname()) as client:
+        echo_roundtrip(client)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1.0)                # five idle periods: still serving the client
+        echo_roundtrip(client)
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(1) == b""
+    finished(proc, errfile)
+
+
+def test_tcp_wait_on_fd3_via_listen_fds(procs, errfile):
+    listener = tcp_listener()
+    proc = procs.start(trampoline(handler("daytime", "--idle-exit", "0.5"), FD3_ONLY),
+                       stdin=listener, stderr=errfile.file, env=UTC)
+    for _ in range(3):
+        with connect(listener.getsockname()) as client:
+            data = client.recv(100)
+            check_daytime(data)
+    finished(proc, errfile)
+
+
+def test_tcp_wait_at_most_max_clients_then_the_backlog(procs, errfile):
+    """At MAX_CLIENTS (64) connections the handler stops accepting; the next
+    client waits in the kernel backlog and is served when one leaves."""
+    listener = tcp_listener()
+    proc = procs.start(handler("echo", "--idle-exit", "0.5"), stdin=listener,
+                       stderr=errfile.file)
+    clients = [connect(listener.getsockname()) for _ in range(64)]
+    for client in clients:
+        echo_roundtrip(client)
+    waiting = connect(listener.getsockname())     # the kernel completes the handshake
+    waiting.sendall(b"queued")
+    assert not readable(waiting, 0.3)             # not accepted: no echo yet
+    clients.pop().close()
+    assert recv_exact(waiting, 6) == b"queued"
+    for client in clients + [waiting]:
+        client.close()
+    finished(proc, errfile)
+
+
+def test_tcp_wait_immediate_disconnects_and_resets(procs, errfile):
+    listener = tcp_listener()
+    proc = procs.start(handler("chargen", "--idle-exit", "0.5"), stdin=listener,
+                       stderr=errfile.file)
+    for i in range(30):
+        client = connect(listener.getsockname())
+        if i % 2:                                  # close with RST instead of FIN
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client.close()
+    with connect(listener.getsockname()) as client:
+        assert recv_exact(client, 74) == CHARGEN[:74]
+    finished(proc, errfile)
+
+
+def test_tcp_and_udp_together_via_listen_fds(procs, errfile):
+    """LISTEN_FDS=2 (a socket unit with a stream and a datagram listener): both served."""
+    listener, dgram = tcp_listener(), udp_socket()
+    prefix = "exec 3<&0 4<&1 0</dev/null 1>/dev/null;"
+    proc = procs.start(trampoline(handler("echo", "--idle-exit", "0.5"), prefix, count=2),
+                       stdin=listener, stdout=dgram, stderr=errfile.file)
+    with connect(listener.getsockname()) as client:
+        echo_roundtrip(client, b"over tcp")
+        assert ask(dgram.getsockname(), b"over udp") == b"over udp"
+    finished(proc, errfile)
+
+
+def test_idle_exit_zero_never_exits(procs, errfile):
+    sock = udp_socket()
+    proc = procs.start(handler("echo", "--idle-exit", "0"), stdin=sock, stderr=errfile.file)
+    assert ask(sock.getsockname()) == b"ping"
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(1.0)
+    assert ask(sock.getsockname()) == b"ping"

@@ -53,6 +53,8 @@ MAX_CLIENTS = 64         # most connections served at once in TCP wait mode
 IDLE_EXIT = 10.0         # default --idle-exit, seconds; 0 = never exit
 DGRAM_CHARGEN_MAX = 512  # RFC 864: a UDP answer holds 0..512 characters
 TIME_EPOCH = 2208988800  # RFC 868: seconds from 1900-01-01 to 1970-01-01 UTC
+MAX_SECONDS = 1e9        # longer --idle-exit or --timeout values mean this (31 years)
+SHUT_WR = 1              # socket.SHUT_WR everywhere; spares Stdio the socket module
 
 USAGE = ("usage: classic.py {echo|discard|chargen|daytime|time}"
          " [--idle-exit SECONDS] [--timeout SECONDS]\n")
@@ -196,12 +198,13 @@ def note(text):
 
 
 def stderr_is_free(socket_fds):
-    """True when fd 2 is open and is not fd 0 nor any served socket (same device and inode)."""
+    """True when fd 2 is open and is not a served socket nor a socket on fd 0
+    (same device and inode).  A terminal on both fds 0 and 2 is fine."""
     try:
         err = os.fstat(2)
     except OSError:
         return False
-    for fd in (0, *socket_fds):
+    for fd in set(socket_fds) | ({0} if is_socket(0) else set()):
         try:
             st = os.fstat(fd)
         except OSError:
@@ -219,7 +222,7 @@ def seconds(text, option):
         value = -1.0
     if not value >= 0 or value == float("inf"):
         raise ValueError("%s: not a number of seconds: %r" % (option, text))
-    return value
+    return min(value, MAX_SECONDS)
 
 
 def parse_args(argv):
@@ -446,9 +449,6 @@ def accept_one(listener, clients, service):
         raise
     clients.start(conn)
     return "ok"
-
-
-SHUT_WR = 1  # socket.SHUT_WR, the same on every system; Stdio needs no socket module
 
 
 def errno_name(exc):

@@ -172,6 +172,25 @@ def test_usage_error_goes_to_a_separate_stderr(procs, errfile):
     assert read_all(ours) == b""
 
 
+def test_usage_error_reaches_a_terminal_on_fds_0_and_2(procs):
+    """Only a socket shared by fds 0 and 2 silences diagnostics, not a terminal."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        proc = procs.start(handler("bogus"), stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        assert proc.wait(TIMEOUT) == 64
+        seen = b""
+        while b"usage:" not in seen and readable(master, TIMEOUT):
+            try:
+                seen += os.read(master, 4096)
+            except OSError:              # EIO: the terminal's last user has gone
+                break
+        assert b"unknown service 'bogus'" in seen
+    finally:
+        os.close(master)
+
+
 # -- stdin/stdout that are not sockets: a run by hand
 
 def run_stdio(service, data=b"", **kw):

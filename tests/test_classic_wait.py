@@ -201,3 +201,31 @@ def test_idle_exit_zero_never_exits(procs, errfile):
     with pytest.raises(subprocess.TimeoutExpired):
         proc.wait(1.0)
     assert ask(sock.getsockname()) == b"ping"
+
+
+def test_tcp_wait_leaks_no_descriptors(procs, errfile):
+    """After many connections (ended every way) the handler holds as many fds as before."""
+    import psutil
+    listener = tcp_listener()
+    proc = procs.start(handler("echo", "--idle-exit", "0"), stdin=listener,
+                       stderr=errfile.file)
+    with connect(listener.getsockname()) as client:
+        echo_roundtrip(client)                     # it is up and serving
+    with connect(listener.getsockname()) as client:
+        echo_roundtrip(client)
+        before = psutil.Process(proc.pid).num_fds()   # the listener, the wake pipe, one client
+    for i in range(40):
+        client = connect(listener.getsockname())
+        if i % 3 == 0:
+            echo_roundtrip(client)
+        elif i % 3 == 1:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client.close()
+    with connect(listener.getsockname()) as client:
+        echo_roundtrip(client)                     # each earlier client has been accepted
+        for _ in range(int(TIMEOUT * 10)):         # and its thread closes its socket soon
+            if psutil.Process(proc.pid).num_fds() <= before:
+                break
+            readable(client, 0.1)                  # a bounded wait between looks
+        assert psutil.Process(proc.pid).num_fds() == before
+    assert errfile.text() == ""

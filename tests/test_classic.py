@@ -111,7 +111,9 @@ def test_discard_reads_everything_and_answers_nothing(procs, errfile):
 def test_chargen_sends_the_rotating_pattern(procs, errfile):
     ours, proc = filter_pair(procs, errfile, "chargen")
     data = recv_exact(ours, 74 * 300)    # more than three turns of the 95 lines
-    assert data[:74] == b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefg\r\n"
+    assert data[:74] == (b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         b"[\\]^_`abcdefg\r\n")       # RFC 864's first line
+    assert data[74 * 95:74 * 96] == data[:74]   # the 96th line starts the turn again
     assert data == (CHARGEN * 4)[:len(data)]
     ours.close()                         # chargen stops when the client goes away
     finished(proc, errfile)
@@ -183,9 +185,12 @@ def test_usage_error_reaches_a_terminal_on_fds_0_and_2(procs):
         seen = b""
         while b"usage:" not in seen and readable(master, TIMEOUT):
             try:
-                seen += os.read(master, 4096)
+                chunk = os.read(master, 4096)
             except OSError:              # EIO: the terminal's last user has gone
                 break
+            if not chunk:
+                break
+            seen += chunk
         assert b"unknown service 'bogus'" in seen
     finally:
         os.close(master)
@@ -213,7 +218,13 @@ def test_stdio_pipes(service, data, check):
 
 def test_stdio_chargen_stops_quietly_on_a_closed_pipe(procs, errfile):
     proc = procs.start(handler("chargen"), stdout=subprocess.PIPE, stderr=errfile.file)
-    assert proc.stdout.read(74 * 100) == (CHARGEN * 2)[:74 * 100]
+    data = b""
+    while len(data) < 74 * 100 and readable(proc.stdout, TIMEOUT):   # never an unbounded wait
+        chunk = os.read(proc.stdout.fileno(), 74 * 100 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    assert data == (CHARGEN * 2)[:74 * 100]
     proc.stdout.close()                  # EPIPE: no traceback, status 0
     finished(proc, errfile)
 

@@ -10,11 +10,13 @@ in each CPU placement ("mode").  It reports the median of the rounds and
 ratios against tcpserver and xinetd, and writes bench/out/dispatch.md,
 bench/out/dispatch.json and bench/out/dispatch.svg (matplotlib, if importable).
 
-Modes, for this 2-core machine (connload on the last CPU in both):
+Modes, for this 2-core machine (connload on the last CPU in each):
   spread    the servers and their handlers may use every CPU: a dispatcher
             that waits for each exec serialises on it, one that forks does not;
   one-core  the servers and their handlers share CPU 0: the total CPU cost of
-            a connection decides.
+            a connection decides;
+  serial    as spread, but one connection at a time: latency without queueing
+            (under load, p99 is mostly time spent in the listen backlog).
 
 Load is bounded in time (-d) and count (-n), and goes to 127.0.0.1 only
 (connload refuses any other address).  Not run by CI.
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders as cs  # noqa: E402
 
 LOAD_CPU = cs.ALL_CPUS[-1:]
-MODES = {                  # name -> (CPUs for the servers, None: all; CPUs for connload)
-    "spread": (None, LOAD_CPU),
-    "one-core": (cs.ALL_CPUS[:1], LOAD_CPU),
+MODES = {     # name -> (CPUs for the servers, None: all; CPUs for connload; concurrency)
+    "spread": (None, LOAD_CPU, None),
+    "one-core": (cs.ALL_CPUS[:1], LOAD_CPU, None),
+    "serial": (None, LOAD_CPU, 1),
 }
 
 
@@ -51,7 +55,7 @@ def parse_args():
     p.add_argument("-c", "--concurrency", type=int, default=16)
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds of unrecorded load per contender first")
-    p.add_argument("--modes", default="spread,one-core",
+    p.add_argument("--modes", default="spread,one-core,serial",
                    help=f"comma-separated, from: {', '.join(MODES)}")
     p.add_argument("--only", default="", help="comma-separated contender names")
     p.add_argument("--without-superd", action="store_true",
@@ -66,7 +70,7 @@ def parse_args():
     if shutil.which("taskset") is None or len(cs.ALL_CPUS) < 2:
         cs.log("fewer than 2 CPUs or no taskset: nothing is pinned")
         args.modes = ["spread"]
-        MODES["spread"] = (None, None)
+        MODES["spread"] = (None, None, None)
     return args
 
 
@@ -77,10 +81,11 @@ def measure(servers, args):
         cs.load(c, args.concurrency, args.warmup, args.maxconn)
     for rnd in range(1, args.rounds + 1):
         for mode in args.modes:
-            server_cpus, load_cpus = MODES[mode]
+            server_cpus, load_cpus, concurrency = MODES[mode]
             for c in servers:
                 c.pin(server_cpus)
-                res = cs.load(c, args.concurrency, args.duration, args.maxconn, load_cpus)
+                res = cs.load(c, concurrency or args.concurrency, args.duration, args.maxconn,
+                              load_cpus)
                 runs[mode][c.name].append(res)
                 errs = f" {json.dumps(res['errors'])}" if res["errors"] else ""
                 cs.log(f"round {rnd} {mode:8} {c.name:24} {res['conn_per_s']:6.0f} conn/s  "
@@ -123,13 +128,13 @@ def summarise(runs):
 
 def markdown(summary, meta, servers):
     out = [f"{meta['rounds']} interleaved rounds of {meta['duration']} s (at most "
-           f"{meta['maxconn']} connections each), {meta['concurrency']} concurrent "
-           f"connections, connload on CPU {meta['load_cpu']}; {meta['date']}, {meta['host']}.",
-           ""]
+           f"{meta['maxconn']} connections each) per mode, connload on CPU "
+           f"{meta['load_cpu']}; {meta['date']}, {meta['host']}; superd at {meta['superd']}.", ""]
     for mode, s in summary.items():
-        server_cpus = MODES[mode][0]
+        server_cpus, _, concurrency = MODES[mode]
         where = "every CPU" if server_cpus is None else f"CPU {','.join(map(str, server_cpus))}"
-        out += [f"**{mode}** (servers and handlers on {where}):", "",
+        out += [f"**{mode}**: {concurrency or meta['concurrency']} concurrent connections; "
+                f"servers and handlers on {where}.", "",
                 "| contender | conn/s (median) | min–max | vs tcpserver | vs xinetd "
                 "| p50 ms | p99 ms | daemon CPU µs/conn | errors | foreign CPU |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -151,7 +156,7 @@ def markdown(summary, meta, servers):
 
 
 def chart(summary, meta, servers, path):
-    """Grouped bars: conn/s (with the min–max of the rounds) and p99, per mode."""
+    """Bars per contender: conn/s and p99 under load per mode; latency one at a time."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -160,27 +165,38 @@ def chart(summary, meta, servers, path):
         cs.log("matplotlib is not importable: no chart (.venv/bin/pip install matplotlib)")
         return None
     names = [c.name for c in servers]
-    modes = list(summary)
-    width = 0.8 / len(modes)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-    for i, mode in enumerate(modes):
-        rows = [summary[mode][n] for n in names]
-        xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(names))]
-        rate = [r["conn_per_s"] for r in rows]
-        err = [[r["conn_per_s"] - r["min"] for r in rows], [r["max"] - r["conn_per_s"] for r in rows]]
-        ax1.bar(xs, rate, width, yerr=err, capsize=3, label=mode)
-        ax2.bar(xs, [r["p99_ms"] for r in rows], width, label=mode)
-    ax1.set_ylabel("connections per second (median; bars: min–max)")
-    ax1.set_title("Dispatch rate, compiled handler (higher is better)")
-    ax2.set_ylabel("milliseconds (median of rounds)")
-    ax2.set_title("p99 connect-to-first-byte (lower is better)")
-    for ax in (ax1, ax2):
+    loaded = [m for m in summary if MODES[m][2] is None]
+    serial = [m for m in summary if MODES[m][2] == 1]
+    fig, axes = plt.subplots(1, 2 + bool(serial), figsize=(6 + 4 * (1 + bool(serial)), 4.8))
+
+    def bars(ax, series, ylabel, title, errors=None):
+        width = 0.8 / len(series)
+        for i, (label, values) in enumerate(series):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
+            ax.bar(xs, values, width, label=label,
+                   yerr=errors[i] if errors else None, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-        ax.legend(title="mode")
-    fig.suptitle(f"{meta['rounds']} rounds × {meta['duration']} s, {meta['concurrency']} "
-                 f"concurrent connections; {meta['host']}; {meta['date']}", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+
+    rows = {m: [summary[m][n] for n in names] for m in loaded}
+    bars(axes[0], [(m, [r["conn_per_s"] for r in rows[m]]) for m in loaded],
+         "connections per second (median; bars: min–max)",
+         f"Dispatch rate, {meta['concurrency']} in flight (higher is better)",
+         [[[r["conn_per_s"] - r["min"] for r in rows[m]],
+           [r["max"] - r["conn_per_s"] for r in rows[m]]] for m in loaded])
+    bars(axes[1], [(m, [r["p99_ms"] for r in rows[m]]) for m in loaded],
+         "milliseconds (median of rounds)", "p99 connect-to-first-byte under load")
+    if serial:
+        one = [summary[serial[0]][n] for n in names]
+        bars(axes[2], [("p50", [r["p50_ms"] for r in one]), ("p99", [r["p99_ms"] for r in one])],
+             "milliseconds (median of rounds)", "Connect-to-first-byte, one at a time")
+    fig.suptitle(f"{meta['rounds']} interleaved rounds × {meta['duration']} s per mode; "
+                 f"{meta['host']}; {meta['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
+    fig.savefig(path.with_suffix(".png"), dpi=90)     # for a quick look
     plt.close(fig)
     return path
 
@@ -196,6 +212,15 @@ def publish(md, svg):
     if svg:
         (cs.BENCH / "results").mkdir(exist_ok=True)
         shutil.copy(svg, cs.BENCH / "results" / "dispatch.svg")
+
+
+def superd_version():
+    """The commit superd ran from, and whether superd/ had changes not committed."""
+    def git(*a):
+        r = subprocess.run(["git", "-C", str(cs.ROOT), *a], capture_output=True, text=True)
+        return r.stdout.strip()
+    dirty = git("status", "--porcelain", "--", "superd")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in superd/" if dirty else "")
 
 
 def main():
@@ -217,7 +242,8 @@ def main():
     meta = {"rounds": args.rounds, "duration": args.duration, "maxconn": args.maxconn,
             "concurrency": args.concurrency, "load_cpu": ",".join(map(str, LOAD_CPU)),
             "date": time.strftime("%Y-%m-%d %H:%M"), "workdir": str(workdir),
-            "host": f"{os.cpu_count()} CPUs, Linux {os.uname().release}"}
+            "host": f"{os.cpu_count()} CPUs, Linux {os.uname().release}",
+            "superd": superd_version()}
     summary = summarise(runs)
     md = markdown(summary, meta, servers)
     (cs.OUT / "dispatch.md").write_text(md)

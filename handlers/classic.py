@@ -386,8 +386,8 @@ def serve_wait(socks, service, idle_exit, timeout):
     Rule 3: the program never exits while a client is being served.
     """
     import select
-    import socket
     import time
+    socket = socket_module()
     listeners = {s.fileno(): s for s in socks if s.type != socket.SOCK_DGRAM}
     dgrams = {s.fileno(): s for s in socks if s.type == socket.SOCK_DGRAM}
     clients = Clients(service, timeout) if listeners else None
@@ -437,7 +437,7 @@ def accept_one(listener, clients, service):
     descriptors or memory, with clients whose end will give some back) or
     "gone" (the socket no longer listens).  Raises what cannot be waited out."""
     try:
-        conn, _ = listener.accept()
+        fd, _ = listener._accept()
     except OSError as exc:
         if exc.errno in ACCEPT_AGAIN:
             return "ok"
@@ -447,8 +447,20 @@ def accept_one(listener, clients, service):
         if exc.errno == errno.EINVAL:
             return "gone"
         raise
-    clients.start(conn)
+    clients.start(socket_module().socket(listener.family, listener.type, listener.proto,
+                                         fileno=fd))
     return "ok"
+
+
+def socket_module():
+    """_socket, the C type under the socket module: all this program needs.
+    Importing it costs a millisecond where `import socket` (enum, selectors)
+    costs about twelve under python -S, on every connection."""
+    try:
+        import _socket
+    except ImportError:               # an interpreter without it: the public module
+        import socket as _socket
+    return _socket
 
 
 def errno_name(exc):
@@ -465,7 +477,7 @@ def run(fds, service, idle_exit, timeout):
     if not fds:
         serve_connection(Stdio(), service, None)
         return 0
-    import socket
+    socket = socket_module()
     socks = [socket.socket(fileno=fd) for fd in fds]
     first = socks[0]
     if (len(socks) == 1 and first.type != socket.SOCK_DGRAM

@@ -339,3 +339,28 @@ def test_builtins_table(classic):
     assert {name: row[0] for name, row in classic.BUILTINS.items()} == {
         "echo": 7, "discard": 9, "daytime": 13, "chargen": 19, "time": 37}
     assert classic.LOOP_PORTS == {7, 9, 13, 19, 37}
+
+
+# -- start-up cost: what gets imported (a behaviour, not a timing)
+
+def imported_modules(procs, tmp_path, argv, **kw):
+    log = tmp_path / "importtime"
+    with open(log, "wb") as err:
+        proc = procs.start([sys.executable, "-S", "-X", "importtime", *argv[1:]],
+                           stderr=err, **kw)
+        assert proc.wait(TIMEOUT) == 0
+    return {line.rsplit("|", 1)[1].strip() for line in log.read_text().splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+HEAVY = {"socket", "selectors", "enum", "threading", "argparse", "random", "struct"}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_one_connection_imports_nothing_heavy(procs, tmp_path, service):
+    ours, theirs = socket.socketpair()
+    ours.close()                         # the handler meets EOF or EPIPE and ends
+    modules = imported_modules(procs, tmp_path, handler(service), stdin=theirs, stdout=theirs)
+    theirs.close()
+    assert "_socket" in modules
+    assert not modules & HEAVY, modules & HEAVY

@@ -1,0 +1,2064 @@
+#!/usr/bin/env python3
+"""superd-httpd: a small, safe HTTP/1.1 server for one socket.
+
+Copy this one file anywhere: it uses only the standard library.  It serves
+static files and runs CGI programs (RFC 3875) over HTTP/1.0 and 1.1 (RFC 9110,
+RFC 9112), and it starts under superd, inetd, xinetd, systemd socket
+activation or tcpserver.  It finds its socket the way DESIGN.md says:
+
+    LISTEN_FDS with a matching LISTEN_PID (fds 3, 4, ...), else fd 0 if it is
+    a socket.  A listening socket (SO_ACCEPTCONN) means "accept for myself"
+    (inetd wait, systemd Accept=no); a connected one means "serve this one
+    client" (inetd nowait, systemd Accept=yes, tcpserver).
+
+Per connection it serves any number of requests (keep-alive, pipelining in
+order), then exits.  Accepting for itself, it runs one thread per connection,
+up to --max-connections, and exits after --idle-exit seconds without clients.
+
+Rules this file keeps (the tests check each one):
+
+    Rule 1: the peer never sees a traceback.  Every failure becomes a status
+            (HttpError carries it, as h11's error_status_hint does) or a
+            silent close (ClientGone).
+    Rule 2: every wait on the peer or on a CGI program has a deadline: the
+            header timeout, the keep-alive timeout, the I/O timeout with a
+            minimum body rate, the CGI timeout.  Nothing blocks forever.
+    Rule 3: every file served comes from under --root, after percent-decoding
+            once and normalising; dotfiles are never served; a symbolic link
+            may only lead outside the root with --follow-symlinks.
+    Rule 4: a message whose framing is ambiguous (Content-Length with
+            Transfer-Encoding, lengths that disagree, obs-fold, a bad chunk)
+            is answered 400 and the connection closed, never guessed at.
+    Rule 5: start-up stays close to a bare interpreter: the module imports
+            only built-in modules (_socket rather than socket, which pulls in
+            enum and selectors); threading, mimetypes and traceback are
+            imported where they are first needed.
+
+The file is laid out in sections, top to bottom:
+
+    1. settings      the option table and its converters
+    2. protocol      errors, tables, and pure parsing functions (unit-tested)
+    3. connection    reading heads and bodies with deadlines, writing
+    4. static files  path resolution, conditionals, ranges, sendfile, listings
+    5. CGI           environment, spawn, the output relay
+    6. exchange      one request to one response; the keep-alive loop; the log
+    7. launch        finding the socket, per-connection and accept modes, main
+"""
+
+import _socket
+import _thread
+import errno
+import os
+import select
+import sys
+import time
+from stat import S_ISDIR, S_ISLNK, S_ISREG
+from struct import pack
+
+VERSION = "0.1.0"
+SERVER = "superd-httpd/" + VERSION
+
+EX_USAGE, EX_NOINPUT, EX_OSERR, EX_CONFIG = 64, 66, 71, 78
+
+
+# =========================================================================
+# 1. Settings: one table, one converter per kind of value
+# =========================================================================
+
+def _seconds(text):
+    value = float(text)
+    if not 0 <= value < 1e9:
+        raise ValueError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def _count(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"not a positive count: {text!r}")
+    return value
+
+
+def _size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale != 1 else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"not a size: {text!r}")
+    return int(digits) * scale
+
+
+def _text(text):
+    return text
+
+
+# Every option: (flag, attribute, converter or None for a flag, default, help).
+# "cgi" is the one option that may repeat.
+OPTIONS = (
+    ("--root", "root", _text, ".", "DIR: serve the files under DIR"),
+    ("--cgi", "cgi", _text, None,
+     "PATTERN: URL paths that name CGI programs (repeatable; default /cgi-bin/*)"),
+    ("--no-cgi", "no_cgi", None, False, "run no CGI programs at all"),
+    ("--cgi-timeout", "cgi_timeout", _seconds, 60.0,
+     "SECONDS: kill a CGI program (and its process group) after this long"),
+    ("--listing", "listing", None, False,
+     "list a directory that has no index.html (otherwise 403)"),
+    ("--follow-symlinks", "follow_symlinks", None, False,
+     "follow symbolic links that lead outside the root"),
+    ("--quiet", "quiet", None, False, "write no access log"),
+    ("--log", "log", _text, None,
+     "FILE: append the access log and diagnostics to FILE instead of stderr"),
+    ("--idle-exit", "idle_exit", _seconds, 0.0,
+     "SECONDS: accepting for itself, exit after this long without a client (0: never)"),
+    ("--max-connections", "max_connections", _count, 256,
+     "N: accepting for itself, serve at most N clients at once"),
+    ("--keepalive-timeout", "keepalive_timeout", _seconds, 5.0,
+     "SECONDS: close an idle persistent connection after this long (0: no keep-alive)"),
+    ("--header-timeout", "header_timeout", _seconds, 10.0,
+     "SECONDS: a request line and its headers must arrive within this long (408)"),
+    ("--timeout", "timeout", _seconds, 30.0,
+     "SECONDS: give up on a client that neither sends nor receives for this long"),
+    ("--max-body", "max_body", _size, 16 << 20,
+     "SIZE: largest request body accepted (413); K, M, G suffixes"),
+    ("--max-line", "max_line", _size, 8192,
+     "SIZE: longest request line (414) or header line (431)"),
+    ("--max-header-size", "max_header_size", _size, 32 << 10,
+     "SIZE: largest header section (431)"),
+    ("--max-headers", "max_headers", _count, 100, "N: most header lines (431)"),
+    ("--listen", "listen", _text, None,
+     "HOST:PORT: bind and accept for itself, without a launcher (port 0: any)"),
+    ("--help", "help", None, False, "print this help and exit"),
+    ("--version", "version", None, False, "print the version and exit"),
+)
+
+DEFAULT_CGI = ("/cgi-bin/*",)
+
+
+class UsageError(Exception):
+    """A bad command line; main() answers it with exit status 64."""
+
+
+class Settings:
+    """The parsed options, as attributes named in OPTIONS."""
+
+    def __init__(self):
+        for _flag, attr, _kind, default, _help in OPTIONS:
+            setattr(self, attr, default)
+
+
+def parse_options(argv):
+    """Return Settings for argv (without argv[0]); raise UsageError."""
+    settings = Settings()
+    table = {flag: (attr, kind) for flag, attr, kind, _d, _h in OPTIONS}
+    patterns = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        flag, eq, value = arg.partition("=")
+        if flag not in table:
+            raise UsageError(f"unknown option {arg!r}")
+        attr, kind = table[flag]
+        if kind is None:
+            if eq:
+                raise UsageError(f"{flag} takes no value")
+            setattr(settings, attr, True)
+            continue
+        if not eq:
+            if not args:
+                raise UsageError(f"{flag} needs a value")
+            value = args.pop(0)
+        try:
+            converted = kind(value)
+        except ValueError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+        if attr == "cgi":
+            patterns.append(converted)
+        else:
+            setattr(settings, attr, converted)
+    settings.cgi = () if settings.no_cgi else tuple(patterns or DEFAULT_CGI)
+    for pattern in settings.cgi:
+        if not pattern.startswith("/") and not pattern.startswith("**"):
+            raise UsageError(f"--cgi {pattern!r}: a pattern starts with / or **")
+    return settings
+
+
+def usage():
+    lines = ["usage: superd-httpd [OPTIONS]", "",
+             "Serve HTTP on the socket a launcher passed (fd 0 or LISTEN_FDS).", ""]
+    for flag, _attr, kind, default, text in OPTIONS:
+        meta, _, text = text.partition(": ") if kind is not None else ("", "", text)
+        shown = f"{flag} {meta}" if meta else flag
+        extra = f" (default {default})" if kind not in (None, _text) else ""
+        lines.append(f"  {shown:<28} {text}{extra}")
+    return "\n".join(lines) + "\n"
+
+
+# =========================================================================
+# 2. Protocol: errors, tables and pure parsing functions
+# =========================================================================
+
+class HttpError(Exception):
+    """A request we answer with `status` (4xx: the peer's fault, 5xx: ours).
+
+    close: the connection cannot carry another request afterwards (framing
+    is unknown or the peer misbehaved).  headers: extra response fields.
+    """
+
+    def __init__(self, status, detail="", close=False, headers=()):
+        super().__init__(detail or REASONS.get(status, ""))
+        self.status = status
+        self.close = close
+        self.headers = headers
+
+
+class ClientGone(Exception):
+    """The peer closed, reset or stalled: stop without answering."""
+
+
+class CgiError(Exception):
+    """A CGI program's output is not a valid CGI response (we answer 502)."""
+
+
+REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted",
+    204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    411: "Length Required", 412: "Precondition Failed", 413: "Content Too Large",
+    414: "URI Too Long", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    417: "Expectation Failed", 422: "Unprocessable Content", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+# Methods we recognise; anything else is 501.  Static files allow STATIC_ALLOW,
+# CGI programs every method in CGI_METHODS; the rest are 405 with Allow.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
+                     "TRACE", "CONNECT"))
+STATIC_ALLOW = "GET, HEAD, OPTIONS"
+CGI_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+CGI_ALLOW = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+
+VERSIONS = {b"HTTP/1.1": 11, b"HTTP/1.0": 10}
+
+_ALPHANUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TCHAR = _ALPHANUM + b"!#$%&'*+-.^_`|~"                # RFC 9110 token
+VCHAR_OBS = bytes(b for b in range(256) if b == 9 or 32 <= b != 127)  # field-value
+TARGET_CHARS = bytes(range(0x21, 0x7F))               # printable ASCII, no space
+HEXDIGITS = b"0123456789abcdefABCDEF"
+HOST_CHARS = _ALPHANUM + b"-._~!$&'()*+,;=:[]%"
+_HEXPAIR = {(a + b).encode(): bytes((int(a + b, 16),))
+            for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"}
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+# Types for common extensions; anything else asks the mimetypes module once.
+MIME_TYPES = {
+    "html": "text/html", "htm": "text/html", "css": "text/css",
+    "js": "text/javascript", "mjs": "text/javascript", "txt": "text/plain",
+    "md": "text/markdown", "csv": "text/csv", "xml": "text/xml",
+    "json": "application/json", "map": "application/json",
+    "webmanifest": "application/manifest+json", "wasm": "application/wasm",
+    "pdf": "application/pdf", "zip": "application/zip",
+    "gz": "application/gzip", "tar": "application/x-tar",
+    "svg": "image/svg+xml", "png": "image/png", "jpg": "image/jpeg",
+    "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp",
+    "avif": "image/avif", "ico": "image/vnd.microsoft.icon",
+    "woff": "font/woff", "woff2": "font/woff2", "ttf": "font/ttf", "otf": "font/otf",
+    "mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav",
+    "mp4": "video/mp4", "webm": "video/webm",
+}
+TEXT_TYPES = ("text/", "application/json", "application/javascript",
+              "application/manifest+json", "image/svg+xml", "application/xml")
+
+# Response fields a CGI program may not set: the server owns the framing.
+CGI_DROP = frozenset(("connection", "keep-alive", "transfer-encoding", "te",
+                      "trailer", "upgrade", "proxy-connection", "content-length",
+                      "status", "date", "server"))
+MAX_RANGES = 16
+MIN_BODY_RATE = 1024        # bytes/s a request body must average after --timeout s
+LOCAL_REDIRECTS = 5         # most CGI local redirects for one request
+
+
+class Request:
+    """One parsed request head.  `headers` maps lower-case names to values,
+    repeated fields joined with ", " ("; " for Cookie)."""
+
+    __slots__ = ("method", "target", "version", "headers", "line", "length",
+                 "chunked", "keep_alive", "path", "query", "host")
+
+    def __init__(self, method, target, version, headers, line):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.line = line
+        self.length = 0
+        self.chunked = False
+        self.keep_alive = True
+        self.path = self.query = self.host = ""
+
+
+def find_head_end(buf, start=0):
+    """(end of head, start of what follows) for the first blank line, or None.
+
+    A line ends with CRLF or, as RFC 9112 section 2.2 allows, a bare LF.
+    start: where to begin looking (what was already searched, less 2)."""
+    i = buf.find(b"\n\r\n", start)
+    j = buf.find(b"\n\n", start)
+    if i < 0 and j < 0:
+        return None
+    if j < 0 or 0 <= i < j:
+        return i, i + 3
+    return j, j + 2
+
+
+def parse_head(head, max_line=8192, max_headers=100):
+    """Parse a request head (without its blank line) into a Request.
+
+    Raises HttpError with the status RFC 9112 asks for; every error closes."""
+    lines = head.split(b"\n")
+    line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
+    if len(line) > max_line:
+        raise HttpError(414, "request line too long", close=True)
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line", close=True)
+    method, target, version_text = parts
+    if not method or method.translate(None, TCHAR):
+        raise HttpError(400, "malformed method", close=True)
+    version = parse_version(version_text)
+    if not target or target.translate(None, TARGET_CHARS):
+        raise HttpError(400, "malformed request target", close=True)
+    method = method.decode("ascii")
+    if method not in METHODS:
+        raise HttpError(501, "unknown method", close=True)
+    if len(lines) - 1 > max_headers:
+        raise HttpError(431, "too many header fields", close=True)
+    headers = {}
+    hosts = 0
+    for raw in lines[1:]:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if len(raw) > max_line:
+            raise HttpError(431, "header line too long", close=True)
+        if raw[:1] in (b" ", b"\t"):
+            raise HttpError(400, "obsolete line folding", close=True)
+        name, colon, value = raw.partition(b":")
+        if not colon or not name or name.translate(None, TCHAR):
+            raise HttpError(400, "malformed header field", close=True)
+        value = value.strip(b" \t")
+        if value.translate(None, VCHAR_OBS):
+            raise HttpError(400, "control character in a header field", close=True)
+        key = name.decode("ascii").lower()
+        text = value.decode("latin-1")
+        if key == "host":
+            hosts += 1
+        if key in headers:
+            headers[key] += ("; " if key == "cookie" else ", ") + text
+        else:
+            headers[key] = text
+    request = Request(method, target.decode("ascii"), version, headers,
+                      line.decode("latin-1"))
+    check_host(request, hosts)
+    request.length, request.chunked = body_framing(headers, version)
+    request.keep_alive = wants_keep_alive(headers, version)
+    return request
+
+
+def parse_version(text):
+    """11 or 10 for HTTP/1.1 or 1.0 (1.x above 1 counts as 1.1); else raise."""
+    version = VERSIONS.get(text)
+    if version is not None:
+        return version
+    if (len(text) == 8 and text.startswith(b"HTTP/") and text[6:7] == b"."
+            and text[5:6].isdigit() and text[7:8].isdigit()):
+        if text[5:6] == b"1":
+            return 11
+        raise HttpError(505, "unsupported HTTP version", close=True)
+    raise HttpError(400, "malformed HTTP version", close=True)
+
+
+def check_host(request, count):
+    """RFC 9112 3.2: HTTP/1.1 needs exactly one valid Host field."""
+    host = request.headers.get("host")
+    if count > 1:
+        raise HttpError(400, "more than one Host field", close=True)
+    if host is None:
+        if request.version == 11:
+            raise HttpError(400, "no Host field", close=True)
+        return
+    if host.encode("latin-1").translate(None, HOST_CHARS):
+        raise HttpError(400, "malformed Host field", close=True)
+    request.host = host
+
+
+def body_framing(headers, version):
+    """(length, chunked) of the request body, per RFC 9112 section 6.3."""
+    te = headers.get("transfer-encoding")
+    cl = headers.get("content-length")
+    if te is not None:
+        if cl is not None:
+            raise HttpError(400, "Content-Length with Transfer-Encoding", close=True)
+        if version == 10:
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0", close=True)
+        codings = [c.strip(" \t").lower() for c in te.split(",")]
+        if codings[-1] != "chunked":
+            raise HttpError(400, "chunked is not the final transfer coding", close=True)
+        if len(codings) > 1:
+            raise HttpError(501, "unsupported transfer coding", close=True)
+        return 0, True
+    if cl is None:
+        return 0, False
+    values = {v.strip(" \t") for v in cl.split(",")}
+    if len(values) != 1:
+        raise HttpError(400, "conflicting Content-Length values", close=True)
+    value = values.pop()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise HttpError(400, "malformed Content-Length", close=True)
+    return int(value), False
+
+
+def has_token(value, token):
+    """Whether a comma-separated field value lists token (case-insensitive)."""
+    return any(part.strip(" \t").lower() == token for part in value.split(","))
+
+
+def wants_keep_alive(headers, version):
+    connection = headers.get("connection")
+    if connection is None:
+        return version == 11
+    if has_token(connection, "close"):
+        return False
+    return version == 11 or has_token(connection, "keep-alive")
+
+
+def split_target(request):
+    """Set request.path (still percent-encoded), .query and .host from the
+    target: origin-form "/p?q", absolute-form "http://host/p?q", or "*"."""
+    target = request.target
+    if "#" in target:
+        raise HttpError(400, "fragment in request target")
+    if target[0] != "/":
+        if target == "*":
+            request.path = "*"
+            return
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise HttpError(400, "unsupported request target")
+        authority, slash, rest = rest.partition("/")
+        if not authority or authority.encode().translate(None, HOST_CHARS):
+            raise HttpError(400, "malformed authority")
+        request.host = authority
+        target = "/" + rest
+    path, _, query = target.partition("?")
+    request.path = path
+    request.query = query
+
+
+def percent_decode(text):
+    """Bytes of text with every %XX decoded exactly once; raise on a bad %."""
+    data = text.encode("ascii") if isinstance(text, str) else text
+    if b"%" not in data:
+        return data
+    parts = data.split(b"%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        byte = _HEXPAIR.get(part[:2])
+        if byte is None:
+            raise HttpError(400, "malformed percent-encoding")
+        out.append(byte)
+        out.append(part[2:])
+    return b"".join(out)
+
+
+def decode_path(path):
+    """(segments, trailing_slash) of a percent-encoded absolute path.
+
+    Decodes once, refuses NUL and backslash, drops "." and empty segments and
+    resolves ".." (400 if it would climb above the root).  Segments are str
+    (file-system encoding, surrogateescape), ready to join under the root."""
+    raw = percent_decode(path)
+    if b"\0" in raw or b"\\" in raw:
+        raise HttpError(400, "NUL or backslash in path")
+    segments = []
+    parts = os.fsdecode(raw).split("/")
+    for part in parts:
+        if part == "..":
+            if not segments:
+                raise HttpError(400, "path climbs above the root")
+            segments.pop()
+        elif part and part != ".":
+            segments.append(part)
+    trailing = parts[-1] in ("", ".", "..")
+    return segments, trailing
+
+
+def is_hidden(segments):
+    """Dotfiles and dot-folders are never served; /.well-known/ is the exception."""
+    for i, segment in enumerate(segments):
+        if segment[0] == "." and not (i == 0 and segment == ".well-known"):
+            return True
+    return False
+
+
+def compile_glob(pattern):
+    """Split a CGI pattern into tokens: "**" (anything), "*" (no "/"), "?", text."""
+    tokens = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            tokens.append("**")
+            i += 2
+        elif pattern[i] in "*?":
+            tokens.append(pattern[i])
+            i += 1
+        else:
+            j = i
+            while j < len(pattern) and pattern[j] not in "*?":
+                j += 1
+            tokens.append(pattern[i:j])
+            i = j
+    return tuple(tokens)
+
+
+def glob_match(tokens, text, start=0):
+    """Whether text[start:] matches the tokens of compile_glob."""
+    for n, token in enumerate(tokens):
+        if token == "?":
+            if start >= len(text) or text[start] == "/":
+                return False
+            start += 1
+        elif token in ("*", "**"):
+            rest = tokens[n + 1:]
+            end = len(text) if token == "**" else text.find("/", start)
+            end = len(text) if end < 0 else end
+            return any(glob_match(rest, text, k) for k in range(start, end + 1))
+        elif text.startswith(token, start):
+            start += len(token)
+        else:
+            return False
+    return start == len(text)
+
+
+def parse_range(value, size):
+    """The byte ranges of a Range field for a representation of `size` bytes.
+
+    None: ignore the field (not bytes, malformed, too many parts): send 200.
+    []: nothing satisfiable: send 416.  Otherwise [(first, last), ...] with
+    inclusive ends; overlapping ranges are sorted and merged (RFC 9110 14.3)."""
+    unit, eq, specs = value.partition("=")
+    if not eq or unit.strip(" \t").lower() != "bytes":
+        return None
+    items = [s.strip(" \t") for s in specs.split(",")]
+    items = [s for s in items if s]
+    if not items or len(items) > MAX_RANGES:
+        return None
+    ranges = []
+    suffix_only = True
+    for item in items:
+        first, dash, last = item.partition("-")
+        if not dash or not (first or last):
+            return None
+        for number in (first, last):
+            if number and not (number.isascii() and number.isdigit() and len(number) < 19):
+                return None
+        if first:
+            suffix_only = False
+            lo = int(first)
+            hi = int(last) if last else size - 1
+            if last and hi < lo:
+                return None
+            if lo < size:
+                ranges.append((lo, min(hi, size - 1)))
+        elif int(last) > 0 and size > 0:
+            ranges.append((max(0, size - int(last)), size - 1))
+    if not ranges and size == 0 and suffix_only:
+        return None
+    ordered = sorted(ranges)
+    if any(b[0] <= a[1] + 1 for a, b in zip(ordered, ordered[1:])):
+        merged = [ordered[0]]
+        for lo, hi in ordered[1:]:
+            if lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        ranges = merged
+    return ranges
+
+
+def _days_from_civil(year, month, day):
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def parse_http_date(text):
+    """Seconds since the epoch of an HTTP-date in any of its three forms
+    (IMF-fixdate, RFC 850, asctime; RFC 9110 5.6.7), or None."""
+    parts = text.split()
+    try:
+        if len(parts) == 6 and parts[5] == "GMT" and parts[0].endswith(","):
+            day, month, year, clock = parts[1], parts[2], parts[3], parts[4]
+        elif len(parts) == 4 and parts[3] == "GMT" and parts[0].endswith(","):
+            day, month, year = parts[1].split("-")
+            clock = parts[2]
+            if len(year) != 2:
+                return None
+            year = str(int(year) + (1900 if int(year) >= 70 else 2000))
+        elif len(parts) == 5:
+            month, day, clock, year = parts[1], parts[2], parts[3], parts[4]
+        else:
+            return None
+        hour, minute, second = (int(x) for x in clock.split(":"))
+        y, d, m = int(year), int(day), MONTHS.index(month) + 1
+        if not (len(clock) == 8 and 1 <= d <= 31 and hour < 24 and minute < 60
+                and second < 61 and 1000 <= y <= 9999):
+            return None
+    except ValueError:
+        return None
+    return _days_from_civil(y, m, d) * 86400 + hour * 3600 + minute * 60 + second
+
+
+def format_http_date(seconds):
+    t = time.gmtime(seconds)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        WEEKDAYS[t.tm_wday], t.tm_mday, MONTHS[t.tm_mon - 1], t.tm_year,
+        t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def etag_matches(field, etag, weak):
+    """Whether an If-Match / If-None-Match field matches etag.
+
+    weak: the weak comparison of If-None-Match; else the strong one."""
+    if field.strip(" \t") == "*":
+        return True
+    for candidate in field.split(","):
+        candidate = candidate.strip(" \t")
+        if candidate.startswith("W/"):
+            if not weak:
+                continue
+            candidate = candidate[2:]
+        if candidate == etag:
+            return True
+    return False
+
+
+def check_conditions(request, etag, mtime):
+    """RFC 9110 13.2.2: None to go on, or the status 304/412 to answer."""
+    headers = request.headers
+    field = headers.get("if-match")
+    if field is not None:
+        if not etag_matches(field, etag, weak=False):
+            return 412
+    else:
+        field = headers.get("if-unmodified-since")
+        date = parse_http_date(field) if field is not None else None
+        if date is not None and mtime > date:
+            return 412
+    field = headers.get("if-none-match")
+    if field is not None:
+        if etag_matches(field, etag, weak=True):
+            return 304 if request.method in ("GET", "HEAD") else 412
+    elif request.method in ("GET", "HEAD"):
+        field = headers.get("if-modified-since")
+        date = parse_http_date(field) if field is not None else None
+        if date is not None and mtime <= date:
+            return 304
+    return None
+
+
+def if_range_holds(field, etag, mtime):
+    """If-Range (RFC 9110 13.1.5): an entity-tag compared strongly, or a date
+    equal to Last-Modified."""
+    field = field.strip(" \t")
+    if field.startswith('"') or field.startswith("W/"):
+        return field == etag
+    return parse_http_date(field) == mtime
+
+
+def accepts_gzip(field):
+    """Whether an Accept-Encoding field accepts gzip (q > 0, explicitly or by *)."""
+    star = False
+    for item in field.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip(" \t").lower()
+        q = 1.0
+        name, eq, value = params.strip(" \t").partition("=")
+        if eq and name.strip(" \t").lower() == "q":
+            try:
+                q = float(value.strip(" \t"))
+            except ValueError:
+                q = 0.0
+        if coding in ("gzip", "x-gzip"):
+            return q > 0
+        if coding == "*":
+            star = q > 0
+    return star
+
+
+def parse_chunk_size(line):
+    """The size of a chunk-size line (CRLF removed); extensions are ignored."""
+    size, _, ext = line.partition(b";")
+    size = size.rstrip(b" \t")
+    if not size or size.translate(None, HEXDIGITS) or len(size) > 15:
+        raise HttpError(400, "malformed chunk size", close=True)
+    if ext.translate(None, VCHAR_OBS):
+        raise HttpError(400, "malformed chunk extension", close=True)
+    return int(size, 16)
+
+
+def parse_cgi_head(head):
+    """(status, reason, fields, location, length) of a CGI response head
+    (RFC 3875 section 6).  fields: [(name, value)] to pass on (hop-by-hop
+    fields and the ones the server owns are dropped); length: the program's
+    Content-Length or None.  Raises CgiError if it is not a CGI response."""
+    status = reason = location = length = None
+    fields = []
+    has_type = False
+    for raw in head.split(b"\n"):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        name, colon, value = raw.partition(b":")
+        value = value.strip(b" \t")
+        if (not colon or not name or name.translate(None, TCHAR)
+                or value.translate(None, VCHAR_OBS)):
+            raise CgiError("malformed header line %r" % raw[:80])
+        key = name.decode("ascii").lower()
+        text = value.decode("latin-1")
+        if key == "status":
+            code, _, reason = text.partition(" ")
+            if not (len(code) == 3 and code.isascii() and code.isdigit()
+                    and 200 <= int(code) <= 599):
+                raise CgiError("malformed Status %r" % text[:40])
+            status = int(code)
+            reason = reason.strip(" \t") or REASONS.get(status, "Unknown")
+        elif key == "location":
+            location = text
+        elif key == "content-length":
+            if (not (text.isascii() and text.isdigit() and len(text) < 19)
+                    or length not in (None, int(text))):
+                raise CgiError("malformed Content-Length %r" % text[:40])
+            length = int(text)
+        elif key == "content-type":
+            has_type = True
+        if key not in CGI_DROP:
+            fields.append((name.decode("ascii"), text))
+    if status is None and location is None and not has_type:
+        raise CgiError("no Content-Type, Location or Status")
+    return status, reason, fields, location, length
+
+
+def media_type(path, _cache={}):
+    """Content-Type for a file name: the table, else mimetypes, with a
+    charset for text types."""
+    name = path.rpartition("/")[2]
+    ext = name.rpartition(".")[2].lower() if "." in name else ""
+    ctype = _cache.get(ext)
+    if ctype is None:
+        ctype = MIME_TYPES.get(ext)
+        if ctype is None and ext:
+            import mimetypes
+            ctype = mimetypes.guess_type("x." + ext, strict=False)[0]
+        ctype = ctype or "application/octet-stream"
+        if ctype.startswith(TEXT_TYPES):
+            ctype += "; charset=utf-8"
+        _cache[ext] = ctype
+    return ctype
+
+
+_URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def url_quote(name):
+    """Percent-encode a file name for a URL path segment (raw bytes kept)."""
+    return "".join(chr(b) if b in _URL_SAFE else "%%%02X" % b for b in os.fsencode(name))
+
+
+def html_escape(text):
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#x27;"))
+
+
+def log_escape(text, limit=2048):
+    """Escape peer-controlled text for one log line: quotes, backslashes and
+    anything unprintable become \\xHH."""
+    out = []
+    for ch in text[:limit]:
+        o = ord(ch)
+        out.append("\\x%02x" % o if o < 32 or o > 126 or ch in '"\\' else ch)
+    return "".join(out)
+
+
+# =========================================================================
+# 3. Connection: reading heads and bodies with deadlines, writing
+# =========================================================================
+
+SOL_SOCKET = _socket.SOL_SOCKET
+_TIMEVAL = "@ll"
+
+
+class Connection:
+    """One client socket: a read buffer and deadline-bound reads and writes.
+
+    Reads use SO_RCVTIMEO on a blocking socket, so a recv costs one system
+    call and a stalled peer raises ClientGone or HttpError(408); writes use
+    SO_SNDTIMEO set to --timeout once."""
+
+    def __init__(self, sock, client, client_port, local, local_port, settings, log):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.settings = settings
+        self.log = log
+        self.client, self.client_port = client, client_port
+        self.local, self.local_port = local, local_port
+        self.buf = b""
+        self.rcvtimeo = None
+        self.requests = 0
+        self.opened = time.monotonic()
+        self.keep = True          # may another request follow this one?
+        self.unread = 0           # request body bytes still on the wire
+        self.status = 0           # of the current response, for the log
+        self.sent = 0             # body bytes of the current response
+        self.started = False      # the current response's head is out
+        sock.setblocking(True)
+        sock.setsockopt(SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(settings.timeout))
+        if sock.family != _socket.AF_UNIX:
+            try:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    # -- reading ----------------------------------------------------------
+    def recv(self, timeout, size=65536):
+        """Up to size bytes (b"" at EOF); raise TimeoutError after timeout s."""
+        if timeout != self.rcvtimeo:
+            self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, _timeval(timeout))
+            self.rcvtimeo = timeout
+        try:
+            return self.sock.recv(size)
+        except (BlockingIOError, _socket.timeout):
+            raise TimeoutError from None
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            return b""
+
+    def read_head(self):
+        """The next request head, or None if the client closed or idled out
+        before sending a byte of it.  Raises HttpError (408, 414, 431)."""
+        settings = self.settings
+        first = self.requests == 0
+        buf = self.buf.lstrip(b"\r\n")
+        wait = settings.header_timeout if first else settings.keepalive_timeout
+        blank = 0                 # empty lines before a request are ignored
+        while not buf:
+            try:
+                data = self.recv(wait)
+            except TimeoutError:
+                return None
+            if not data:
+                return None
+            buf = data.lstrip(b"\r\n")
+            blank += len(data) - len(buf)
+            if blank > settings.max_line:
+                raise HttpError(400, "too many empty lines", close=True)
+        deadline = None
+        searched = 0
+        while True:
+            found = find_head_end(buf, searched)
+            if found is not None:
+                self.buf = buf[found[1]:]
+                return buf[:found[0]]
+            if len(buf) > settings.max_header_size:
+                if buf.find(b"\n", 0, settings.max_line + 1) < 0:
+                    raise HttpError(414, "request line too long", close=True)
+                raise HttpError(431, "header section too large", close=True)
+            if deadline is None:
+                started = self.opened if first else time.monotonic()
+                deadline = started + settings.header_timeout
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                data = self.recv(left)
+            except TimeoutError:
+                self.buf = buf
+                raise HttpError(408, "request head too slow", close=True) from None
+            if not data:
+                raise ClientGone("EOF inside a request head")
+            searched = max(len(buf) - 2, 0)
+            buf = buf + data
+
+    def start_body(self, length):
+        """Note that a body of length bytes (or chunked, if None) follows."""
+        self.body_started = time.monotonic()
+        self.body_received = 0
+        self.unread = -1 if length is None else length
+
+    def body_timeout(self):
+        """Seconds the next body read may wait: --timeout of silence, and on
+        average MIN_BODY_RATE bytes/s after the first --timeout seconds."""
+        timeout = self.settings.timeout
+        deadline = self.body_started + timeout + self.body_received / MIN_BODY_RATE
+        left = min(timeout, deadline - time.monotonic())
+        if left <= 0:
+            raise HttpError(408, "request body too slow", close=True)
+        return left
+
+    def fill(self):
+        """Append body bytes from the socket to buf; raise on EOF or timeout."""
+        try:
+            data = self.recv(self.body_timeout())
+        except TimeoutError:
+            raise HttpError(408, "request body too slow", close=True) from None
+        if not data:
+            raise ClientGone("EOF inside a request body")
+        self.body_received += len(data)
+        self.buf += data
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self.fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_crlf_line(self, limit):
+        """One line ending in CRLF (returned without it); a bare LF is a 400."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                if i == 0 or self.buf[i - 1] != 13:
+                    raise HttpError(400, "chunked framing needs CRLF", close=True)
+                line, self.buf = self.buf[:i - 1], self.buf[i + 1:]
+                return line
+            if len(self.buf) > limit:
+                raise HttpError(400, "chunk line too long", close=True)
+            self.fill()
+
+    def read_chunked(self, limit):
+        """A de-chunked request body of at most limit bytes (413 beyond)."""
+        parts = []
+        total = 0
+        while True:
+            size = parse_chunk_size(self.read_crlf_line(4096))
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HttpError(413, "chunked body too large", close=True)
+            parts.append(self.read_exact(size))
+            if self.read_exact(2) != b"\r\n":
+                raise HttpError(400, "chunk data not followed by CRLF", close=True)
+        trailer = 0
+        while True:
+            line = self.read_crlf_line(self.settings.max_line)
+            if not line:
+                break
+            trailer += len(line)
+            if trailer > self.settings.max_header_size:
+                raise HttpError(431, "trailer section too large", close=True)
+        self.unread = 0
+        return b"".join(parts)
+
+    def discard_body(self, request):
+        """Read and drop a small request body so the connection stays usable;
+        a large one (or one behind Expect) closes the connection instead."""
+        if request.chunked:
+            if "expect" in request.headers:
+                self.keep = False
+                return
+            self.start_body(None)
+            self.read_chunked(64 << 10)
+        elif request.length:
+            if request.length > 64 << 10 or "expect" in request.headers:
+                self.keep = False
+                return
+            self.start_body(request.length)
+            self.read_exact(request.length)
+            self.unread = 0
+
+    # -- writing ----------------------------------------------------------
+    def send(self, data, more=False):
+        try:
+            self.sock.sendall(data, _socket.MSG_MORE if more else 0)
+        except (BlockingIOError, _socket.timeout):
+            raise ClientGone("send timed out") from None
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            raise ClientGone("client closed while we were sending") from None
+
+    def sendfile(self, fd, offset, count):
+        """count bytes of fd from offset, by os.sendfile."""
+        while count > 0:
+            try:
+                n = os.sendfile(self.fd, fd, offset, min(count, 1 << 30))
+            except (BlockingIOError, _socket.timeout):
+                raise ClientGone("send timed out") from None
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+                raise ClientGone("client closed while we were sending") from None
+            if n == 0:
+                raise ClientGone("file shrank while being sent")
+            offset += n
+            count -= n
+            self.sent += n
+
+    def close(self):
+        """Close; if unread bytes may follow, linger (RFC 9112 9.6) so the
+        peer reads our answer before any reset."""
+        try:
+            if self.buf or self.unread:
+                self.sock.shutdown(_socket.SHUT_WR)
+                deadline = time.monotonic() + 2.0
+                drained = 0
+                while drained < 1 << 20:
+                    left = deadline - time.monotonic()
+                    data = self.recv(left) if left > 0 else b""
+                    if not data:
+                        break
+                    drained += len(data)
+            else:
+                self.sock.shutdown(_socket.SHUT_RDWR)
+        except (OSError, TimeoutError):
+            pass
+        self.sock.close()
+
+
+def _timeval(seconds):
+    """A struct timeval; 0 would mean "never", so the least is 1 microsecond."""
+    sec = int(seconds)
+    usec = max(int((seconds - sec) * 1e6), 0 if sec else 1)
+    return pack(_TIMEVAL, sec, usec)
+
+
+# =========================================================================
+# 4. Static files: resolution, conditionals, ranges, sendfile, listings
+# =========================================================================
+
+def resolve(settings, segments):
+    """(path, stat) of the file the segments name under the root.
+
+    lstat()s each component, so a symbolic link anywhere is noticed; one
+    that leads outside the root is refused unless --follow-symlinks."""
+    path = settings.root_real
+    st = None
+    linked = False
+    try:
+        for segment in segments:
+            path = path + "/" + segment
+            st = os.lstat(path)
+            if S_ISLNK(st.st_mode):
+                linked = True
+                st = os.stat(path)
+        if st is None:
+            st = os.stat(path)
+    except FileNotFoundError:
+        raise HttpError(404) from None
+    except NotADirectoryError:
+        raise HttpError(404) from None
+    except PermissionError:
+        raise HttpError(403) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise HttpError(404) from None
+        raise
+    if linked and not settings.follow_symlinks:
+        real = os.path.realpath(path)
+        root = settings.root_real
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            raise HttpError(403, "symbolic link leaves the root")
+    return path, st
+
+
+def try_resolve(settings, segments):
+    try:
+        return resolve(settings, segments)
+    except HttpError:
+        return None, None
+
+
+def etag_of(st):
+    return '"%x-%x"' % (st.st_mtime_ns, st.st_size)
+
+
+def serve_static(conn, request, segments, trailing):
+    """Answer GET, HEAD or OPTIONS for a file or directory under the root."""
+    settings = conn.settings
+    path, st = resolve(settings, segments)
+    if S_ISDIR(st.st_mode):
+        if not trailing:
+            location = "/" + "".join(url_quote(s) + "/" for s in segments)
+            if request.query:
+                location += "?" + request.query
+            raise HttpError(301, headers=("Location: " + location,))
+        index, index_st = try_resolve(settings, segments + ["index.html"])
+        if index is None or not S_ISREG(index_st.st_mode):
+            if settings.listing:
+                return send_listing(conn, request, path, segments)
+            raise HttpError(403, "no index.html and no --listing")
+        path, st = index, index_st
+    elif trailing:
+        raise HttpError(404)
+    if not S_ISREG(st.st_mode):
+        raise HttpError(403, "not a regular file")
+    if request.method == "OPTIONS":
+        return send_simple(conn, 204, ("Allow: " + STATIC_ALLOW,), b"")
+    if request.method not in ("GET", "HEAD"):
+        raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
+    conn.discard_body(request)
+    ctype = media_type(path)
+    fields = ["Vary: Accept-Encoding"]
+    if accepts_gzip(request.headers.get("accept-encoding", "")):
+        gz, gz_st = try_resolve(settings, segments_of(path, settings))
+        if gz is not None and S_ISREG(gz_st.st_mode):
+            path, st = gz, gz_st
+            fields.append("Content-Encoding: gzip")
+    send_file(conn, request, path, st, ctype, fields)
+
+
+def segments_of(path, settings):
+    """Segments of path + ".gz", relative to the root."""
+    rel = path[len(settings.root_real):].lstrip("/") + ".gz"
+    return rel.split("/")
+
+
+def send_file(conn, request, path, st, ctype, fields):
+    """A 200, 206, 304, 412 or 416 for one regular file, the body by sendfile."""
+    etag = etag_of(st)
+    mtime = int(st.st_mtime)
+    fields += ["ETag: " + etag, "Last-Modified: " + format_http_date(mtime)]
+    status = check_conditions(request, etag, mtime)
+    if status == 304:
+        return send_simple(conn, 304, fields, None)
+    if status == 412:
+        raise HttpError(412)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError:
+        raise HttpError(403) from None
+    except OSError:
+        raise HttpError(404) from None
+    try:
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            raise HttpError(403)
+        size = st.st_size
+        ranges = None
+        field = request.headers.get("range")
+        if field is not None and request.method == "GET":
+            if_range = request.headers.get("if-range")
+            if if_range is None or if_range_holds(if_range, etag, mtime):
+                ranges = parse_range(field, size)
+        fields.append("Accept-Ranges: bytes")
+        if ranges is None:
+            head = conn.head(200, fields + ["Content-Type: " + ctype,
+                                            "Content-Length: %d" % size])
+            send_body(conn, request, head, fd, ((0, size - 1),) if size else ())
+        elif not ranges:
+            raise HttpError(416, headers=("Content-Range: bytes */%d" % size,))
+        elif len(ranges) == 1:
+            lo, hi = ranges[0]
+            head = conn.head(206, fields + [
+                "Content-Type: " + ctype, "Content-Length: %d" % (hi - lo + 1),
+                "Content-Range: bytes %d-%d/%d" % (lo, hi, size)])
+            send_body(conn, request, head, fd, ranges)
+        else:
+            send_multipart(conn, request, fields, fd, ctype, size, ranges)
+    finally:
+        os.close(fd)
+
+
+def send_body(conn, request, head, fd, ranges):
+    if request.method == "HEAD" or not ranges:
+        conn.send(head)
+        return
+    conn.send(head, more=True)
+    for lo, hi in ranges:
+        conn.sendfile(fd, lo, hi - lo + 1)
+
+
+def send_multipart(conn, request, fields, fd, ctype, size, ranges):
+    """A 206 multipart/byteranges answer (RFC 9110 14.6)."""
+    boundary = os.urandom(12).hex()
+    parts = [("--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n"
+              % (boundary, ctype, lo, hi, size)).encode() for lo, hi in ranges]
+    tail = ("--%s--\r\n" % boundary).encode()
+    length = sum(len(p) + hi - lo + 1 + 2 for p, (lo, hi) in zip(parts, ranges)) + len(tail)
+    head = conn.head(206, fields + [
+        "Content-Type: multipart/byteranges; boundary=" + boundary,
+        "Content-Length: %d" % length])
+    if request.method == "HEAD":
+        conn.send(head)
+        return
+    conn.send(head, more=True)
+    for part, (lo, hi) in zip(parts, ranges):
+        conn.send(part, more=True)
+        conn.sent += len(part)
+        conn.sendfile(fd, lo, hi - lo + 1)
+        conn.send(b"\r\n", more=True)
+        conn.sent += 2
+    conn.send(tail)
+    conn.sent += len(tail)
+
+
+def send_listing(conn, request, path, segments):
+    """An HTML index of a directory (only with --listing); names escaped,
+    dotfiles hidden."""
+    if request.method not in ("GET", "HEAD"):
+        raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
+    conn.discard_body(request)
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except PermissionError:
+        raise HttpError(403) from None
+    title = html_escape("/" + "".join(s + "/" for s in segments))
+    rows = ['<li><a href="../">../</a></li>'] if segments else []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        slash = "/" if entry.is_dir() else ""
+        shown = os.fsencode(entry.name).decode("utf-8", "replace")
+        rows.append('<li><a href="%s%s">%s%s</a></li>'
+                    % (url_quote(entry.name), slash, html_escape(shown), slash))
+    page = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Index of %s'
+            '</title></head>\n<body><h1>Index of %s</h1>\n<ul>\n%s\n</ul></body></html>\n'
+            % (title, title, "\n".join(rows)))
+    send_simple(conn, 200, ("Content-Type: text/html; charset=utf-8",),
+                page.encode("utf-8"), head_only=request.method == "HEAD")
+
+
+def send_simple(conn, status, fields, body, head_only=False):
+    """A complete answer from memory; body None means no body at all (304)."""
+    fields = list(fields)
+    if body is not None:
+        fields.append("Content-Length: %d" % len(body))
+    head = conn.head(status, fields)
+    if body and not head_only:
+        conn.send(head + body)
+        conn.sent += len(body)
+    else:
+        conn.send(head)
+
+
+def error_page(status):
+    title = "%d %s" % (status, REASONS.get(status, ""))
+    return ("<!DOCTYPE html>\n<html><head><title>%s</title></head>"
+            "<body><h1>%s</h1></body></html>\n" % (title, title)).encode()
+
+
+# =========================================================================
+# 5. CGI (RFC 3875): environment, spawn, the output relay
+# =========================================================================
+
+# Signal numbers from the C module: the `signal` module would import enum.
+from _signal import SIGKILL, SIGPIPE, SIGXFSZ  # noqa: E402
+
+# posix_spawn has no chdir, so we lend it ours under a lock; every path this
+# program uses after start-up is absolute, so its own folder does not matter.
+CHDIR_LOCK = _thread.allocate_lock()
+PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
+
+
+class Script:
+    """A CGI program a URL named: its file and how the URL splits around it."""
+
+    __slots__ = ("path", "name", "path_info", "nph")
+
+    def __init__(self, path, name, path_info):
+        self.path = path
+        self.name = name
+        self.path_info = path_info
+        self.nph = os.path.basename(path).startswith("nph-")
+
+
+def find_script(settings, segments):
+    """The Script a path names, if some prefix of it matches a --cgi pattern
+    and is a file; None if none matches (the path is then a static file)."""
+    for i in range(1, len(segments) + 1):
+        prefix = "/" + "/".join(segments[:i])
+        if not any(glob_match(tokens, prefix) for tokens in settings.cgi_globs):
+            continue
+        path, st = resolve(settings, segments[:i])
+        if S_ISDIR(st.st_mode):
+            continue
+        if not S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+            raise HttpError(403, "CGI program not executable")
+        info = "".join("/" + s for s in segments[i:])
+        return Script(path, prefix, info)
+    return None
+
+
+def cgi_environ(conn, request, script, length):
+    """The meta-variables of RFC 3875 4.1, HTTP_* for the request fields (never
+    Proxy: httpoxy), and the few extra variables scripts commonly expect."""
+    settings = conn.settings
+    host = request.host
+    if host.startswith("["):
+        server_name = host.partition("]")[0] + "]"
+    else:
+        server_name = host.partition(":")[0]
+    env = {name: os.environ[name] for name in PASS_ENV if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": SERVER,
+        "SERVER_PROTOCOL": "HTTP/1.1" if request.version == 11 else "HTTP/1.0",
+        "SERVER_NAME": server_name or conn.local,
+        "SERVER_PORT": str(conn.local_port),
+        "SERVER_ADDR": conn.local,
+        "REQUEST_METHOD": request.method,
+        "REQUEST_URI": request.target,
+        "SCRIPT_NAME": script.name,
+        "SCRIPT_FILENAME": script.path,
+        "DOCUMENT_ROOT": settings.root_real,
+        "QUERY_STRING": request.query,
+        "REMOTE_ADDR": conn.client,
+        "REMOTE_HOST": conn.client,
+        "REMOTE_PORT": str(conn.client_port),
+        "REDIRECT_STATUS": "200",
+    })
+    if script.path_info:
+        env["PATH_INFO"] = script.path_info
+        env["PATH_TRANSLATED"] = settings.root_real + script.path_info
+    if length is not None:
+        env["CONTENT_LENGTH"] = str(length)
+    headers = request.headers
+    if "content-type" in headers:
+        env["CONTENT_TYPE"] = headers["content-type"]
+    if "authorization" in headers:
+        env["AUTH_TYPE"] = headers["authorization"].partition(" ")[0]
+    for name, value in headers.items():
+        if name in ("proxy", "content-type", "content-length", "transfer-encoding"):
+            continue
+        if "_" in name:        # "Foo_Bar" would pose as "Foo-Bar": drop it
+            continue
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    return env
+
+
+def spawn_script(script, env, stderr_fd):
+    """Start a CGI program with pipes on fds 0 and 1, stderr_fd on 2, in its
+    own session and folder, SIGPIPE and SIGXFSZ at their defaults, no other
+    fd (ours are close-on-exec).  Returns (pid, stdin writer, stdout reader)."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+               (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
+    try:
+        with CHDIR_LOCK:
+            os.chdir(os.path.dirname(script.path))
+            pid = os.posix_spawn(script.path, [script.path], env,
+                                 file_actions=actions, setsid=True,
+                                 setsigdef=(SIGPIPE, SIGXFSZ), setsigmask=())
+    except BaseException:
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
+        raise
+    os.close(in_r)
+    os.close(out_w)
+    os.set_blocking(in_w, False)
+    os.set_blocking(out_r, False)
+    return pid, in_w, out_r
+
+
+class CgiRun:
+    """One CGI program at work: feed it the request body, relay its answer.
+
+    One poll loop watches the program's stdout, its stdin (while body bytes
+    are pending) and the client socket (for more body, or to notice that the
+    client went away: a close, a reset, or a half-close, as nginx counts it).
+    The whole run is bound by --cgi-timeout; on timeout or disconnect the
+    program's process group is killed.  Output is read until the pipe is dry
+    before it is relayed, so a quick program's whole answer goes out in one
+    write with a Content-Length; a slow one is streamed, chunked on HTTP/1.1.
+    """
+
+    def __init__(self, conn, request, script, body, remaining):
+        self.conn = conn
+        self.request = request
+        self.script = script
+        self.pending = body            # body bytes not yet written to stdin
+        self.remaining = remaining     # body bytes still on the socket
+        self.deadline = time.monotonic() + conn.settings.cgi_timeout
+        self.out = b""                 # output not yet relayed
+        self.eof = False               # stdout reached end of file
+        self.head = None               # parse_cgi_head() result, once complete
+        self.local = None              # a local redirect's Location
+        self.framing = None            # "length", "chunked", "close" or "none"
+        self.left = 0                  # with "length": bytes still to pass on
+        self.watch_client = True
+        self.pid = self.stdin = self.stdout = self.poller = None
+
+    def run(self, env):
+        """Relay the whole answer; return a local redirect's Location or None."""
+        conn = self.conn
+        self.pid, self.stdin, self.stdout = spawn_script(self.script, env, conn.log.child_fd())
+        try:
+            self.poller = select.poll()
+            self.poller.register(self.stdout, POLLIN)
+            self.poller.register(self.stdin, POLLOUT)
+            if not self.pending and not self.remaining:
+                self.close_stdin()
+            while not self.eof:
+                self.step()
+            if self.head is None:
+                self.parse_head()
+                if self.head is None:
+                    raise CgiError("output ended inside its header section")
+            return self.finish()
+        except CgiError as exc:
+            self.kill()
+            conn.log.diag("cgi %s: %s" % (self.script.name, exc))
+            if conn.started:
+                raise ClientGone("CGI output broken") from None
+            raise HttpError(502, str(exc)) from None
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            self.close_stdin()
+            os.close(self.stdout)
+            self.reap()
+
+    def step(self):
+        """One poll: wait for the program or the client, deal with each event."""
+        conn = self.conn
+        if self.remaining:
+            mask = 0 if self.pending else POLLIN
+        else:
+            mask = POLLIN if self.watch_client else 0
+        self.poller.register(conn.fd, mask)
+        if self.stdin is not None:
+            self.poller.register(self.stdin, POLLOUT if self.pending else 0)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.timed_out()
+        for fd, event in self.poller.poll(int(left * 1000) + 1):
+            if fd == self.stdout:
+                self.read_output()
+            elif fd == self.stdin:
+                self.write_input(event)
+            elif fd == conn.fd:
+                self.from_client(event)
+
+    def timed_out(self):
+        self.kill()
+        self.conn.log.diag("cgi %s: killed after %gs (--cgi-timeout)"
+                           % (self.script.name, self.conn.settings.cgi_timeout))
+        if self.remaining:
+            raise HttpError(408, "request body too slow", close=True)
+        if self.conn.started:
+            raise ClientGone("CGI program timed out after its head")
+        raise HttpError(504, "CGI program timed out", close=True)
+
+    # -- events -----------------------------------------------------------
+    def from_client(self, event):
+        """More body for the program, or the client's departure."""
+        conn = self.conn
+        flags = _socket.MSG_DONTWAIT
+        want = min(self.remaining, 65536)
+        if not self.remaining:
+            flags |= _socket.MSG_PEEK
+            want = 1
+        try:
+            data = conn.sock.recv(want, flags) if event & POLLIN else b""
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            conn.keep = False
+            conn.log.diag("cgi %s: client went away; killing pid %d"
+                          % (self.script.name, self.pid))
+            raise ClientGone("client went away while the CGI program ran")
+        if self.remaining:
+            self.remaining -= len(data)
+            conn.unread = self.remaining
+            self.pending = data
+        else:
+            self.watch_client = False     # a pipelined request: leave it be
+
+    def write_input(self, event):
+        if self.pending:
+            try:
+                n = os.write(self.stdin, self.pending)
+            except BlockingIOError:
+                return
+            except OSError:               # EPIPE: it will not read the rest
+                self.close_stdin()
+                return
+            self.pending = self.pending[n:]
+        elif event & (select.POLLERR | select.POLLHUP):
+            self.close_stdin()
+            return
+        if not self.pending and not self.remaining:
+            self.close_stdin()
+
+    def close_stdin(self):
+        if self.stdin is not None:
+            self.poller.unregister(self.stdin)
+            os.close(self.stdin)
+            self.stdin = None
+            if self.pending or self.remaining:
+                self.conn.keep = False    # body left on the wire: no next request
+                self.pending = b""
+
+    def read_output(self):
+        while len(self.out) < 1 << 20:
+            try:
+                data = os.read(self.stdout, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                self.eof = True
+                break
+            self.out += data
+        if self.head is None:
+            self.parse_head()
+        if self.head is not None and not self.eof:
+            self.relay()
+
+    def parse_head(self):
+        if self.script.nph:
+            self.head = (200, None, [], None, None)
+            self.framing = "close"
+            return
+        out = self.out
+        if out.startswith(b"\n") or out.startswith(b"\r\n"):
+            raise CgiError("empty header section")
+        found = find_head_end(out)
+        if found is None:
+            if len(out) > self.conn.settings.max_header_size:
+                raise CgiError("header section too large")
+            if self.eof:
+                raise CgiError("no blank line after the header section" if out else "no output")
+            return
+        self.head = parse_cgi_head(out[:found[0]])
+        self.out = out[found[1]:]
+        status, _reason, _fields, location, _length = self.head
+        if status is None and location and location[:1] == "/" and location[1:2] != "/":
+            self.local = location
+
+    # -- relaying ---------------------------------------------------------
+    def start_answer(self):
+        """Send the response head, choosing the framing of the body."""
+        conn, request = self.conn, self.request
+        conn.started = True
+        if self.script.nph:
+            conn.keep = False
+            conn.status = 200
+            return
+        status, reason, fields, location, length = self.head
+        if status is None:
+            status = 302 if location else 200
+        lines = ["%s: %s" % field for field in fields]
+        if request.method == "HEAD" or status in (204, 304):
+            self.framing = "none"
+            if length is not None and status not in (204, 304):
+                lines.append("Content-Length: %d" % length)
+        elif length is not None or self.eof:
+            self.framing = "length"
+            self.left = length if length is not None else len(self.out)
+            lines.append("Content-Length: %d" % self.left)
+        elif request.version == 11:
+            self.framing = "chunked"
+            lines.append("Transfer-Encoding: chunked")
+        else:
+            self.framing = "close"
+            conn.keep = False
+        more = bool(self.out) and self.framing != "none"
+        conn.send(conn.head(status, lines, reason), more=more)
+
+    def relay(self):
+        """Pass on the output gathered so far, in the chosen framing."""
+        conn = self.conn
+        if self.local is not None:
+            self.out = b""
+            return
+        if not conn.started:
+            self.start_answer()
+        data, self.out = self.out, b""
+        if not data or self.framing == "none":
+            return
+        if self.framing == "length":
+            if len(data) > self.left:
+                data = data[:self.left]
+                conn.keep = False
+            self.left -= len(data)
+            conn.send(data)
+        elif self.framing == "chunked":
+            conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            conn.send(data)
+        conn.sent += len(data)
+
+    def finish(self):
+        """Output ended: a local redirect, or the end of the answer."""
+        if self.local is not None:
+            return self.local
+        self.relay()
+        if self.framing == "chunked":
+            self.conn.send(b"0\r\n\r\n")
+        elif self.framing == "length" and self.left:
+            self.conn.keep = False
+            raise ClientGone("CGI output shorter than its Content-Length")
+        return None
+
+    # -- the process ------------------------------------------------------
+    def kill(self):
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, SIGKILL)
+            except OSError:
+                pass
+
+    def reap(self):
+        """Wait for the program, whose stdout is closed; past the deadline,
+        kill its process group.  Logs an exit that was not clean."""
+        if self.pid is None:
+            return
+        pid = self.pid
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            if not wait_for_exit(pid, self.deadline - time.monotonic()):
+                self.conn.log.diag("cgi %s: pid %d still running; killed"
+                                   % (self.script.name, pid))
+                self.kill()
+            done, status = os.waitpid(pid, 0)
+        self.pid = None
+        code = os.waitstatus_to_exitcode(status)
+        if code > 0:
+            self.conn.log.diag("cgi %s: pid %d exited %d" % (self.script.name, pid, code))
+        elif code < 0 and code != -SIGKILL:
+            self.conn.log.diag("cgi %s: pid %d killed by signal %d"
+                               % (self.script.name, pid, -code))
+
+
+def wait_for_exit(pid, timeout):
+    """Whether pid exits within timeout s (a pidfd; without one, we wait)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], max(timeout, 0))[0])
+    finally:
+        os.close(pidfd)
+
+
+def run_cgi(conn, request, script, depth):
+    """Run a CGI program for the request; follow its local redirects."""
+    settings = conn.settings
+    if request.method not in CGI_METHODS:
+        raise HttpError(405, headers=("Allow: " + CGI_ALLOW,))
+    body, remaining, length = b"", 0, None
+    if request.chunked or request.length:
+        if request.length > settings.max_body:
+            raise HttpError(413, "request body too large", close=True)
+        if "expect" in request.headers and request.version == 11:
+            conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.chunked:
+            conn.start_body(None)
+            body = conn.read_chunked(settings.max_body)
+            length = len(body)
+        else:
+            length = request.length
+            conn.start_body(length)
+            body, conn.buf = conn.buf[:length], conn.buf[length:]
+            remaining = conn.unread = length - len(body)
+    env = cgi_environ(conn, request, script, length)
+    try:
+        location = CgiRun(conn, request, script, body, remaining).run(env)
+    except OSError as exc:
+        if conn.started or isinstance(exc, (BrokenPipeError, ConnectionError)):
+            raise
+        conn.log.diag("cgi %s: cannot start: %s" % (script.name, exc.strerror))
+        raise HttpError(500, "cannot start the CGI program") from None
+    if location is None:
+        return
+    if depth >= LOCAL_REDIRECTS:
+        raise HttpError(500, "too many CGI local redirects")
+    if location.encode("latin-1").translate(None, TARGET_CHARS):
+        raise HttpError(502, "malformed local redirect")
+    headers = {k: v for k, v in request.headers.items()
+               if k not in ("content-length", "transfer-encoding", "content-type", "expect")}
+    internal = Request("GET", location, request.version, headers, request.line)
+    internal.host = request.host
+    dispatch(conn, internal, depth + 1)
+
+
+# =========================================================================
+# 6. Exchange: one request to one answer; the keep-alive loop; the log
+# =========================================================================
+
+_DATE = (0, "")
+
+
+def date_and_server():
+    """The Date and Server fields, formatted once a second."""
+    global _DATE
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE = (now, "Date: %s\r\nServer: %s" % (format_http_date(now), SERVER))
+    return _DATE[1]
+
+
+def response_head(conn, status, fields, reason=None):
+    """The status line and fields of an answer, as bytes."""
+    conn.status = status
+    if conn.unread:
+        conn.keep = False       # the body is still on the wire: close after
+    lines = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown")),
+             date_and_server()]
+    lines.extend(fields)
+    if not conn.keep:
+        lines.append("Connection: close")
+    elif conn.version == 10:
+        lines.append("Connection: keep-alive")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+Connection.head = response_head
+
+
+def dispatch(conn, request, depth=0):
+    """Route one request: OPTIONS *, CGI program, or static file."""
+    headers = request.headers
+    expect = headers.get("expect")
+    if expect is not None and expect.lower() != "100-continue":
+        raise HttpError(417)
+    if request.method in ("TRACE", "CONNECT"):
+        raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
+    split_target(request)
+    if request.path == "*":
+        if request.method != "OPTIONS":
+            raise HttpError(400, "* is only for OPTIONS")
+        return send_simple(conn, 204, ("Allow: " + CGI_ALLOW,), None)
+    segments, trailing = decode_path(request.path)
+    if segments and is_hidden(segments):
+        raise HttpError(404)
+    settings = conn.settings
+    script = find_script(settings, segments) if settings.cgi_globs else None
+    if script is not None:
+        return run_cgi(conn, request, script, depth)
+    return serve_static(conn, request, segments, trailing)
+
+
+def answer_error(conn, request, exc):
+    """Answer an HttpError, unless the answer had already begun."""
+    if conn.started:
+        conn.keep = False
+        raise ClientGone("error after the head was sent: %s" % exc)
+    if exc.close or conn.unread:
+        conn.keep = False
+    fields = ["Content-Type: text/html; charset=utf-8"]
+    fields.extend(exc.headers)
+    head_only = request is not None and request.method == "HEAD"
+    body = None if exc.status == 304 else error_page(exc.status)
+    send_simple(conn, exc.status, fields, body, head_only)
+
+
+def serve_connection(conn):
+    """The keep-alive loop: read a request, answer it, log it; until the
+    client leaves, a timeout passes, or a request asks for (or forces) close."""
+    settings = conn.settings
+    log = conn.log
+    try:
+        while conn.keep:
+            conn.status = conn.sent = conn.unread = 0
+            conn.started = False
+            conn.version = 11
+            request = None
+            line = None
+            try:
+                head = conn.read_head()
+                if head is None:
+                    break
+                conn.requests += 1
+                line = head.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
+                request = parse_head(head, settings.max_line, settings.max_headers)
+                conn.version = request.version
+                conn.unread = -1 if request.chunked else request.length
+                if not request.keep_alive or not settings.keepalive_timeout:
+                    conn.keep = False
+                dispatch(conn, request)
+            except HttpError as exc:
+                answer_error(conn, request, exc)
+                line = "-" if line is None else line
+            except ClientGone:
+                conn.keep = False
+                if line is not None or conn.status:
+                    log.access(conn, line, request, status=conn.status or 499)
+                break
+            except Exception:
+                import traceback
+                log.diag("internal error: " + traceback.format_exc().replace("\n", " | "))
+                conn.keep = False
+                if not conn.started:
+                    send_simple(conn, 500, ("Content-Type: text/html; charset=utf-8",),
+                                error_page(500))
+            log.access(conn, line, request)
+    except ClientGone:
+        pass
+    finally:
+        conn.close()
+
+
+def _clf_time(cache=[0, ""]):
+    now = int(time.time())
+    if cache[0] != now:
+        cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+        cache[0] = now
+    return cache[1]
+
+
+class Log:
+    """Where the access log (Combined Log Format) and diagnostics go: --log
+    FILE, else stderr, but never the client: under inetd and xinetd fd 2 may
+    be the connection itself, and then nothing is written."""
+
+    def __init__(self, fd, quiet):
+        self.fd = fd
+        self.quiet = quiet
+        self.devnull = None
+
+    @classmethod
+    def open(cls, settings):
+        if settings.log:
+            fd = os.open(settings.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        else:
+            fd = 2 if stderr_is_private() else None
+        return cls(fd, settings.quiet)
+
+    def write(self, text):
+        if self.fd is not None:
+            try:
+                os.write(self.fd, text.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass
+
+    def diag(self, message):
+        self.write("superd-httpd[%d]: %s\n" % (os.getpid(), log_escape(message, 4096)))
+
+    def access(self, conn, line, request, status=None):
+        if self.quiet or self.fd is None or line is None:
+            return
+        headers = request.headers if request is not None else {}
+        self.write('%s - - [%s] "%s" %d %s "%s" "%s"\n' % (
+            conn.client or "-", _clf_time(), log_escape(line),
+            status or conn.status, conn.sent or "-",
+            log_escape(headers.get("referer", "-")),
+            log_escape(headers.get("user-agent", "-"))))
+
+    def child_fd(self):
+        """The fd a CGI program's stderr goes to: our log, else /dev/null."""
+        if self.fd is not None:
+            return self.fd
+        if self.devnull is None:
+            self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return self.devnull
+
+
+def stderr_is_private():
+    """Whether fd 2 is open and is not the client socket on fd 0."""
+    try:
+        err = os.fstat(2)
+    except OSError:
+        return False
+    try:
+        zero = os.fstat(0)
+    except OSError:
+        return True
+    return (err.st_dev, err.st_ino) != (zero.st_dev, zero.st_ino)
+
+
+# =========================================================================
+# 7. Launch: find the socket, serve one client or accept for ourselves
+# =========================================================================
+
+def find_sockets():
+    """The sockets a launcher passed: LISTEN_FDS for our pid, else fd 0."""
+    env = os.environ
+    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
+        fds = range(3, 3 + int(env["LISTEN_FDS"]))
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(name, None)
+        for fd in fds:
+            os.set_inheritable(fd, False)
+    else:
+        try:
+            fds = [0] if os.path.stat.S_ISSOCK(os.fstat(0).st_mode) else []
+        except OSError:
+            fds = []
+    return [_socket.socket(fileno=fd) for fd in fds]
+
+
+def unmap(host):
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def endpoint(address):
+    """(host, port) of a socket address; unix sockets are ("unix:", 0)."""
+    if isinstance(address, tuple):
+        return unmap(address[0]), address[1]
+    return "unix:", 0
+
+
+def serve_one(sock, settings, log):
+    """Per connection: the launcher accepted; serve this client, then return."""
+    env = os.environ
+    host = env.get("REMOTE_ADDR") or env.get("TCPREMOTEIP")
+    port = env.get("REMOTE_PORT") or env.get("TCPREMOTEPORT")
+    if not host or not (port or "").isdigit():
+        try:
+            host, port = endpoint(sock.getpeername())
+        except OSError:
+            host, port = host or "-", 0
+    local = env.get("TCPLOCALIP")
+    local_port = env.get("TCPLOCALPORT")
+    if not local or not (local_port or "").isdigit():
+        try:
+            local, local_port = endpoint(sock.getsockname())
+        except OSError:
+            local, local_port = "-", 0
+    conn = Connection(sock, unmap(host), int(port), unmap(local), int(local_port),
+                      settings, log)
+    serve_connection(conn)
+
+
+def serve_listeners(listeners, settings, log):
+    """Accept for ourselves: one thread per client, at most --max-connections
+    at once (beyond that, clients wait in the kernel's backlog), and return
+    after --idle-exit seconds without any.  The listeners are made
+    non-blocking while we own them and blocking again when we leave."""
+    import threading
+    threading.stack_size(512 << 10)
+    state = threading.Condition()
+    counts = {"active": 0, "last": time.monotonic()}
+    by_fd = {sock.fileno(): sock for sock in listeners}
+    poller = select.poll()
+    for sock in listeners:
+        sock.setblocking(False)
+        poller.register(sock.fileno(), POLLIN)
+
+    def client(sock, address):
+        try:
+            host, port = endpoint(address)
+            local, local_port = endpoint(sock.getsockname())
+            serve_connection(Connection(sock, host, port, local, local_port, settings, log))
+        except Exception as exc:
+            log.diag("connection failed: %r" % exc)
+        finally:
+            with state:
+                counts["active"] -= 1
+                counts["last"] = time.monotonic()
+                state.notify_all()
+
+    try:
+        while True:
+            with state:
+                while counts["active"] >= settings.max_connections:
+                    state.wait()
+                timeout = -1
+                if settings.idle_exit:
+                    left = settings.idle_exit
+                    if counts["active"] == 0:
+                        left = counts["last"] + settings.idle_exit - time.monotonic()
+                        if left <= 0:
+                            return 0
+                    timeout = int(left * 1000) + 1
+            for fd, _event in poller.poll(timeout):
+                listener = by_fd[fd]
+                try:
+                    cfd, address = listener._accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        raise
+                    log.diag("accept: %s; pausing until a client leaves" % exc.strerror)
+                    with state:
+                        state.wait(1.0)
+                    continue
+                sock = _socket.socket(listener.family, listener.type, 0, cfd)
+                with state:
+                    counts["active"] += 1
+                threading.Thread(target=client, args=(sock, address), daemon=True).start()
+    finally:
+        for sock in listeners:
+            try:
+                sock.setblocking(True)
+            except OSError:
+                pass
+
+
+def bind(address):
+    """A listening socket for --listen HOST:PORT, [V6]:PORT or PORT."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]") if sep else "0.0.0.0"
+    if not port.isdigit():
+        raise UsageError("--listen %r: not HOST:PORT" % address)
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setsockopt(SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(1024)
+    return sock
+
+
+def main(argv=None):
+    """Run superd-httpd; returns the exit status (sysexits)."""
+    try:
+        settings = parse_options(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        sys.stderr.write("superd-httpd: %s (try --help)\n" % exc)
+        return EX_USAGE
+    if settings.help:
+        sys.stdout.write(usage())
+        return 0
+    if settings.version:
+        sys.stdout.write(SERVER + "\n")
+        return 0
+    settings.root_real = os.path.realpath(settings.root)
+    if not os.path.isdir(settings.root_real):
+        sys.stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
+        return EX_CONFIG
+    settings.cgi_globs = tuple(compile_glob(p) for p in settings.cgi)
+    try:
+        log = Log.open(settings)
+    except OSError as exc:
+        sys.stderr.write("superd-httpd: --log %s: %s\n" % (settings.log, exc.strerror))
+        return EX_OSERR
+    try:
+        if settings.listen:
+            sockets = [bind(settings.listen)]
+            host, port = endpoint(sockets[0].getsockname())
+            log.diag("listening on %s:%d" % (host if ":" not in host else "[%s]" % host, port))
+        else:
+            sockets = find_sockets()
+    except UsageError as exc:
+        sys.stderr.write("superd-httpd: %s\n" % exc)
+        return EX_USAGE
+    except OSError as exc:
+        sys.stderr.write("superd-httpd: %s\n" % exc)
+        return EX_OSERR
+    if not sockets:
+        sys.stderr.write("superd-httpd: no socket on fd 0 and no LISTEN_FDS; start me from "
+                         "superd, inetd, xinetd, systemd or tcpserver, or use --listen\n")
+        return EX_USAGE
+    if sockets[0].getsockopt(SOL_SOCKET, _socket.SO_ACCEPTCONN):
+        return serve_listeners(sockets, settings, log)
+    serve_one(sockets[0], settings, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

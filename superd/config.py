@@ -62,6 +62,18 @@ class Service:
     stderr: str               # "inherit" | "log" | "null"
     enabled: bool
     internal: str             # bundled handler name, or ""
+    # protection (nowait services; see limits.py): empty or None means off
+    only_from: tuple = ()     # ip_network objects; a client must be in one
+    no_access: tuple = ()     # ip_network objects, checked after only_from
+    per_source: int = 0       # most handlers alive at once per client; 0: no limit
+    v6_prefix: int = 64       # IPv6 clients are grouped by this prefix for per_source*
+    per_source_rate: dict = None   # {limit, per}
+    rate: dict = None         # {limit, per, pause}
+    max_load: float = None    # stop accepting above this 1-minute load average
+    rlimits: tuple = ()       # ((name, value), ...) set before the handler runs
+    proxy_protocol: str = "none"   # none | v1 | v2 | any
+    proxy_from: tuple = ()    # who may send a PROXY header (ip_network objects)
+    proxy_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,21 @@ SERVICE_KEYS = {
     "timeout": values.duration,
     "stderr": values.stderr_target,
     "enabled": values.boolean,
+    "only_from": values.network_list,
+    "no_access": values.network_list,
+    "per_source": values.positive_int,
+    "per_source_v6_prefix": values.v6_prefix,
+    "per_source_rate": values.window("limit", "per"),
+    "rate": values.window("limit", "per", "pause"),
+    "max_load": values.number,
+    "rlimits": values.rlimits,
+    "proxy_protocol": values.choice("none", "v1", "v2", "any"),
+    "proxy_from": values.network_list,
+    "proxy_timeout": values.duration,
 }
+# Keys that only make sense where superd sees each connection.
+NOWAIT_ONLY = ("only_from", "no_access", "per_source", "per_source_v6_prefix",
+               "per_source_rate", "proxy_protocol", "proxy_from", "proxy_timeout")
 NOT_IN_DEFAULTS = {"listen", "server", "internal"}
 
 
@@ -192,6 +218,7 @@ def _resolve(name, line, merged, found, folder, environ):
     for address in get.get("listen", ()):
         if address.kind == "unix" and protocol == "udp":
             found.add(*where["listen"], "unix: addresses are stream sockets; protocol must be tcp")
+    _protection_rules(get, where, mode, protocol, found)
     argv = _argv(get, where, line, key, found, folder)
     uid, gid, groups = _credentials(get, where, found)
     workdir = _workdir(get.get("workdir"), where.get("workdir"), found, folder)
@@ -203,7 +230,26 @@ def _resolve(name, line, merged, found, folder, environ):
         base_env=_base_env(get, environ), uid=uid, gid=gid, groups=groups, workdir=workdir,
         instances=get.get("instances", DEFAULT_INSTANCES), timeout=get.get("timeout", 0.0),
         stderr=get.get("stderr", "inherit"), enabled=get.get("enabled", True),
-        internal=get.get("internal", ""))
+        internal=get.get("internal", ""),
+        only_from=get.get("only_from", ()), no_access=get.get("no_access", ()),
+        per_source=get.get("per_source", 0), v6_prefix=get.get("per_source_v6_prefix", 64),
+        per_source_rate=get.get("per_source_rate"), rate=get.get("rate"),
+        max_load=get.get("max_load"), rlimits=get.get("rlimits", ()),
+        proxy_protocol=get.get("proxy_protocol", "none"),
+        proxy_from=get.get("proxy_from", ()), proxy_timeout=get.get("proxy_timeout", 10.0))
+
+
+def _protection_rules(get, where, mode, protocol, found):
+    if mode == "wait":
+        for name in NOWAIT_ONLY:
+            if name in get and where[name][1].startswith("services."):
+                found.add(*where[name], "applies to nowait services only (in wait mode the "
+                          "handler accepts connections itself)")
+        return
+    proxy = get.get("proxy_protocol", "none")
+    for name in ("proxy_from", "proxy_timeout"):
+        if name in get and proxy == "none" and where[name][1].startswith("services."):
+            found.add(*where[name], "needs proxy_protocol (v1, v2 or any)")
 
 
 def _argv(get, where, line, key, found, folder):

@@ -16,8 +16,9 @@ the call: it never waits for, signals or remembers a child.  It promises:
   at load) and the connection; superd's own environment never leaks.
 
 What posix_spawn cannot do itself is done by exec'ing a small trampoline
-first: `setpriv` (util-linux) switches uid, gid and groups; `/bin/sh` puts
-the handler's own pid in LISTEN_PID for wait mode.  The working directory is
+first: `prlimit` (util-linux) sets resource limits, so they hold from the
+handler's first instruction; `setpriv` (util-linux) switches uid, gid and
+groups; `/bin/sh` puts the handler's own pid in LISTEN_PID for wait mode.  The working directory is
 set by changing superd's own (single-threaded, so nothing else sees it).
 """
 
@@ -59,6 +60,8 @@ def recipe(service):
         argv = (SH, "-c", SET_LISTEN_PID, "superd-wait") + argv
     if service.uid != -1 or service.gid != -1:
         argv = _setpriv(service) + argv
+    if service.rlimits:
+        argv = _prlimit(service) + argv     # outermost: as root it may raise limits too
     env = service.base_env + (("SUPERD_SERVICE", service.name),)
     if service.mode == "wait":
         env += (("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", service.name))
@@ -77,6 +80,13 @@ def _setpriv(service):
     if service.uid != -1:
         argv.append(f"--reuid={service.uid}")
     return tuple(argv) + ("--",)
+
+
+def _prlimit(service):
+    prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if prlimit is None:
+        raise SpawnSetupError("'rlimits' needs prlimit (util-linux), which is not installed")
+    return (prlimit,) + tuple(f"--{name}={value}" for name, value in service.rlimits) + ("--",)
 
 
 class Spawner:
@@ -124,12 +134,10 @@ class Spawner:
         return self._devnull
 
 
-def connection_env(family, peer, local):
-    """The environment a nowait handler gets for one connection (DESIGN.md)."""
-    if family == socket.AF_UNIX:
-        return {"PROTO": "UNIX"}
-    rip, rport = _plain_ip(peer[0]), str(peer[1])
-    lip, lport = _plain_ip(local[0]), str(local[1])
+def connection_env(peer, local):
+    """The environment a nowait handler gets for one IP connection (DESIGN.md)."""
+    rip, rport = plain_ip(peer[0]), str(peer[1])
+    lip, lport = plain_ip(local[0]), str(local[1])
     return {
         "REMOTE_ADDR": rip, "REMOTE_PORT": rport, "REMOTE_HOST": rip,
         "PROTO": "TCP", "TCPREMOTEIP": rip, "TCPREMOTEPORT": rport,
@@ -149,7 +157,7 @@ def unix_peer_env(fd):
             "UNIXREMOTEEUID": str(uid), "UNIXREMOTEEGID": str(gid)}
 
 
-def _plain_ip(ip):
+def plain_ip(ip):
     """An IPv4-mapped IPv6 address (dual-stack listener) as plain IPv4."""
     if ip.startswith("::ffff:") and "." in ip:
         return ip[7:]

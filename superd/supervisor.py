@@ -26,9 +26,13 @@ import socket
 import time
 from functools import partial
 
+from collections import deque
+
 from superd import config as configuration
+from superd import limits
 from superd import listeners as sockets
 from superd import reaping, spawn, systemd
+from superd.pending import ProxyReader
 from superd.status import Counters
 from superd.timers import Timers
 
@@ -42,6 +46,7 @@ STDERR_LINE_MAX = 4096
 PER_CONNECTION_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINVAL,
                          errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
                          errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
+LOAD_INTERVAL = 1.0      # seconds between load-average checks (only with max_load)
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -56,14 +61,18 @@ class ServiceState:
         self.running = 0
         self.counters = Counters()
         self.fast_exits = 0
+        self.guard = limits.Guard(service)
+        self.holds = {}           # reason -> Timer (None: until a check lifts it)
+        self.ready = deque()      # PROXY connections checked and waiting for a slot
 
 
 class Child:
     """One running handler."""
 
-    __slots__ = ("pid", "state", "client", "started", "timer", "listener", "timed_out")
+    __slots__ = ("pid", "state", "client", "started", "timer", "listener", "timed_out",
+                 "release")
 
-    def __init__(self, pid, state, client, started, listener=None):
+    def __init__(self, pid, state, client, started, listener=None, release=None):
         self.pid = pid
         self.state = state
         self.client = client
@@ -71,6 +80,7 @@ class Child:
         self.timer = None
         self.listener = listener      # wait mode: the listener it owns
         self.timed_out = False
+        self.release = release        # frees its per-source slot when it ends
 
 
 class Supervisor:
@@ -91,6 +101,10 @@ class Supervisor:
         self.backoff = set()      # wait-mode listeners held back after fast exits
         self.stderr_bufs = {}     # fd -> bytes not yet ending in a newline
         self.stopping = False
+        self.proxies = ProxyReader(self.selector, self.timers, self._on_proxy_header,
+                                   self._on_proxy_refused)
+        self.load_timer = None
+        self.load_reader = _load_reader()
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -111,6 +125,7 @@ class Supervisor:
             self._sync(state)
         self.log.info("started", pid=os.getpid(), config=self.config_path,
                       services=len(self.states))
+        self._check_load()
         self._announce()
 
     def _install(self, config, recipes):
@@ -118,6 +133,9 @@ class Supervisor:
         for service in config.enabled:
             state = self.states.get(service.name) or ServiceState(service, recipes[service.name])
             state.service, state.recipe = service, recipes[service.name]
+            state.guard = limits.Guard(service)
+            if service.max_load is None:
+                state.holds.pop("load", None)
             keys = dict.fromkeys(sockets.identity(service.name, a, service.protocol)
                                  for a in service.listen)
             state.listeners = [self.listeners[k] for k in keys]
@@ -161,7 +179,8 @@ class Supervisor:
 
     def _sync(self, state):
         """Rule 1: watch each listener of state exactly when it may accept."""
-        room = not self.stopping and state.running < state.service.instances
+        room = (not self.stopping and not state.holds
+                and state.running < state.service.instances)
         for listener in state.listeners:
             want = (room and listener not in self.paused and listener not in self.busy
                     and listener not in self.backoff)
@@ -206,36 +225,121 @@ class Supervisor:
                 self._pause([listener], "accept", err)
                 break
             state.counters.accepted += 1
-            self._dispatch(state, listener, fd, peer)
+            self._admit(state, listener, fd, peer)
         if state.running >= limit:
             self._sync(state)
 
-    def _dispatch(self, state, listener, fd, peer):
+    def _admit(self, state, listener, fd, peer, local=None, proxied=False):
+        """The checks before a start: PROXY header, access lists, per-source limits.
+
+        peer is (ip, port, ...) for an IP client, a str/bytes for a unix one;
+        local, when given, overrides the socket's own local address.
+        """
+        service = state.service
+        inet = isinstance(peer, tuple)
+        if service.proxy_protocol != "none" and not proxied:
+            if inet and service.proxy_from and _refusal(service.proxy_from, peer[0]):
+                return self._refuse(state, fd, peer, "proxy_from")
+            return self.proxies.add(state, listener, fd, peer)
+        release = None
+        if inet and state.guard.checks_clients:
+            reason, release = state.guard.admit(limits.client_ip(peer[0]), time.monotonic())
+            if reason:
+                return self._refuse(state, fd, peer, reason)
+        if state.running >= service.instances:      # only after a PROXY header
+            state.ready.append((listener, fd, peer, local, release))
+            return
+        self._dispatch(state, listener, fd, peer, local, release)
+
+    def _dispatch(self, state, listener, fd, peer, local=None, release=None):
         client = "?"
         try:
-            env, client = self._connection(listener, fd, peer)
+            env, client = self._connection(listener, fd, peer, local)
             pid, err_fd = self.spawner.start(state.recipe, fd, env)
         except OSError as err:
+            if release:
+                release()
             self._spawn_failed(state, [listener], client, err)
             return
         finally:
             os.close(fd)
-        self._track(Child(pid, state, client, time.monotonic()), err_fd)
+        now = time.monotonic()
+        self._track(Child(pid, state, client, now, release=release), err_fd)
+        rate = state.guard.rate
+        if rate is not None and rate.started(now):
+            self._hold(state, "rate", rate.pause, limit=rate.limit, per=rate.per)
 
-    def _connection(self, listener, fd, peer):
-        if listener.sock.family == socket.AF_UNIX:
+    def _connection(self, listener, fd, peer, local=None):
+        if not isinstance(peer, tuple):
             env = spawn.unix_peer_env(fd)
             return env, "unix:pid=" + env["UNIXREMOTEPID"]
-        local = listener.local
-        if local is None:
-            probe = socket.socket(fileno=fd)
-            try:
-                local = probe.getsockname()
-            finally:
-                probe.detach()
-        env = spawn.connection_env(listener.sock.family, peer, local)
-        ip = env["REMOTE_ADDR"]
-        return env, (f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}")
+        local = local or listener.local or _local_address(fd)
+        env = spawn.connection_env(peer, local)
+        return env, _client_text(env["REMOTE_ADDR"], peer[1])
+
+    def _refuse(self, state, fd, peer, reason):
+        os.close(fd)
+        state.counters.refuse(reason.split(":")[0])
+        self.log.info("refused", service=state.name, client=_peer_text(peer), reason=reason)
+
+    def _on_proxy_header(self, state, listener, fd, peer, header):
+        if self.states.get(state.name) is not state or self.stopping:
+            return self._refuse(state, fd, peer, "service-gone")
+        if header.source is None:        # LOCAL, UNKNOWN, UNSPEC, UNIX: the connection's own
+            return self._admit(state, listener, fd, peer, proxied=True)
+        self._admit(state, listener, fd, header.source, header.destination, proxied=True)
+
+    def _on_proxy_refused(self, state, peer, reason, detail):
+        state.counters.refuse(reason)
+        self.log.info("refused", service=state.name, client=_peer_text(peer), reason=reason,
+                      detail=detail)
+
+    def _start_ready(self, state):
+        """Start PROXY connections that waited for a free slot."""
+        while state.ready and state.running < state.service.instances:
+            self._dispatch(state, *state.ready.popleft())
+
+    # -- pausing whole services ------------------------------------------------
+    def _hold(self, state, reason, seconds, **fields):
+        """Stop accepting on a service for `seconds` (None: until lifted); logged once."""
+        if reason in state.holds:
+            return
+        timer = None
+        if seconds is not None:
+            timer = self.timers.at(time.monotonic() + seconds, partial(self._lift, state, reason))
+        state.holds[reason] = timer
+        self.log.warning("service-paused", service=state.name, reason=reason,
+                         **({"seconds": seconds} if seconds is not None else {}), **fields)
+        self._sync(state)
+
+    def _lift(self, state, reason):
+        timer = state.holds.pop(reason, None)
+        if timer is not None:
+            timer.cancel()
+        self.log.info("service-resumed", service=state.name, reason=reason)
+        if self.states.get(state.name) is state:
+            self._sync(state)
+
+    def _note_failure(self, state, now):
+        """Loop protection: too many failed starts pause the service (one loud line)."""
+        failures = state.guard.failures
+        if failures.failed(now):
+            self._hold(state, "looping", failures.pause, failures=failures.limit + 1,
+                       within=failures.per)
+
+    def _check_load(self):
+        self.load_timer = None
+        watched = [s for s in self.states.values() if s.service.max_load is not None]
+        if not watched or self.stopping:
+            return
+        load = self.load_reader()
+        for state in watched:
+            over = limits.overloaded(load, state.service.max_load)
+            if over and "load" not in state.holds:
+                self._hold(state, "load", None, load=load, max_load=state.service.max_load)
+            elif not over and "load" in state.holds:
+                self._lift(state, "load")
+        self.load_timer = self.timers.at(time.monotonic() + LOAD_INTERVAL, self._check_load)
 
     def _activate(self, state, listener):
         """Wait mode: hand the listener itself to a handler."""
@@ -271,6 +375,7 @@ class Supervisor:
                        program=state.recipe.argv[0], error=_errname(err))
         if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
             self._pause(listeners, "spawn", err)
+        self._note_failure(state, time.monotonic())
 
     def _pause(self, listeners, what, err):
         """Rest these listeners briefly: the loop must never spin on an error."""
@@ -305,17 +410,22 @@ class Supervisor:
         state.running -= 1
         if child.timer is not None:
             child.timer.cancel()
+        if child.release is not None:
+            child.release()
         outcome = reaping.decode(status)
         if "signal" in outcome:
             state.counters.killed += 1
         elif outcome["status"] != 0:
             state.counters.exited_nonzero += 1
+        if outcome.get("status", 1) != 0 and not child.timed_out and now - child.started < FAST_EXIT:
+            self._note_failure(state, now)
         extra = {"timeout": 1} if child.timed_out else {}
         self.log.info("exit", service=state.name, client=child.client, pid=child.pid,
                       **outcome, duration=round(now - child.started, 6), **extra)
         if child.listener is not None:
             self._wait_handler_done(state, child, now)
         if self.states.get(state.name) is state:
+            self._start_ready(state)
             self._sync(state)
 
     def _wait_handler_done(self, state, child, now):
@@ -445,13 +555,17 @@ class Supervisor:
                 for listener in state.listeners:
                     self._unwatch(listener)
                 state.listeners = []
+                _close_ready(state)
                 self.log.info("removed", service=name, running=state.running)
         self.listeners = wanted
         self._install(config, recipes)
         for state in self.states.values():
             self._sync(state)
+        if self.load_timer is not None:
+            self.load_timer.cancel()
+        self._check_load()
+        self._announce()             # before the log line: readers wait for that line
         self.log.info("reloaded", config=self.config_path, services=len(self.states))
-        self._announce()
 
     # -- shutdown ------------------------------------------------------------------
     def _stop(self, sig):
@@ -461,14 +575,16 @@ class Supervisor:
             return
         self.stopping = True
         systemd.notify("STOPPING=1")
-        self.log.info("stopping", signal=reaping.signal_name(sig), running=len(self.children),
-                      grace=self.grace)
         for listener in list(self.listeners.values()):
             self._unwatch(listener)
             listener.close()
         self.listeners = {}
+        self.proxies.close_all()
         for state in self.states.values():
             state.listeners = []
+            _close_ready(state)
+        self.log.info("stopping", signal=reaping.signal_name(sig), running=len(self.children),
+                      grace=self.grace)     # after closing: a reader may rely on that
         for child in self.children.values():
             if child.listener is not None:     # wait-mode handlers never end by themselves
                 _killpg(child.pid, signal.SIGTERM)
@@ -483,6 +599,54 @@ class Supervisor:
     def _kill_all(self):
         for pid in self.children:
             _killpg(pid, signal.SIGKILL)
+
+
+def _close_ready(state):
+    while state.ready:
+        _, fd, _, _, release = state.ready.popleft()
+        os.close(fd)
+        if release:
+            release()
+
+
+def _refusal(networks, ip_text):
+    """True if the address is in none of the networks."""
+    ip = limits.client_ip(ip_text)
+    return not any(ip in net for net in networks if net.version == ip.version)
+
+
+def _local_address(fd):
+    probe = socket.socket(fileno=fd)
+    try:
+        return probe.getsockname()
+    finally:
+        probe.detach()
+
+
+def _client_text(ip, port):
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _peer_text(peer):
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return _client_text(spawn.plain_ip(peer[0]), peer[1])
+    return "unix"
+
+
+def _load_reader():
+    """The 1-minute load average source: psutil, or a file named by
+    SUPERD_LOADAVG_FILE (in /proc/loadavg's format) so tests can inject load."""
+    path = os.environ.get("SUPERD_LOADAVG_FILE")
+    if path:
+        def read():
+            try:
+                with open(path) as f:
+                    return float(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                return 0.0
+        return read
+    import psutil
+    return lambda: psutil.getloadavg()[0]
 
 
 def _ignore_in_handler(signum, frame):

@@ -125,6 +125,85 @@ def stderr_target(value):
     return choice("inherit", "log", "null")("null" if value is None else value)
 
 
+def number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ValueError(f"expected a number above 0, got {value!r}")
+
+
+def network(value):
+    """An address or CIDR network: 10.0.0.0/8, 192.0.2.7, ::1, 2001:db8::/32."""
+    text = str(value).strip() if isinstance(value, (str, int)) else None
+    if not text:
+        raise ValueError(f"expected an address or CIDR network, got {value!r}")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not an address or CIDR network: {value!r}") from None
+    if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+        v4 = net.network_address.ipv4_mapped
+        return ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}", strict=False)
+    return net
+
+
+def network_list(value):
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        value = [value]
+    return tuple(network(v) for v in value)
+
+
+def v6_prefix(value):
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 128:
+        return value
+    raise ValueError(f"expected a prefix length from 1 to 128, got {value!r}")
+
+
+def window(*required, optional=()):
+    """A mapping such as {limit: 20, per: 60}: limit a whole number, the rest seconds."""
+    def convert(value):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping with {', '.join(required)}, got {value!r}")
+        unknown = set(value) - set(required) - set(optional)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                             f"expected {', '.join(required + optional)}")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        out = {"limit": positive_int(value["limit"])}
+        for key in required + optional:
+            if key != "limit" and key in value:
+                out[key] = duration(value[key])
+        return out
+    return convert
+
+
+RLIMIT_KINDS = {"nofile": "count", "nproc": "count", "as": "size", "data": "size",
+                "stack": "size", "fsize": "size", "core": "size", "cpu": "seconds"}
+
+
+def rlimits(value):
+    """{nofile: 1024, as: 1G, cpu: 60, core: 0, ...} -> sorted ((name, int or "unlimited"), ...)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping such as {{nofile: 1024, as: 1G}}, got {value!r}")
+    out = []
+    for name, limit in value.items():
+        kind = RLIMIT_KINDS.get(name)
+        if kind is None:
+            raise ValueError(f"unknown limit {name!r}; expected one of {', '.join(RLIMIT_KINDS)}")
+        if limit == "unlimited":
+            out.append((name, "unlimited"))
+        elif kind == "size":
+            out.append((name, size(limit)))
+        elif isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+            out.append((name, limit))
+        else:
+            raise ValueError(f"{name}: expected a whole number or 'unlimited', got {limit!r}")
+    return tuple(sorted(out))
+
+
 def port_number(text):
     if not re.fullmatch(r"\d{1,5}", text) or int(text) > 65535:
         raise ValueError(f"bad port {text!r}: expected 0 to 65535")

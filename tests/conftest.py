@@ -64,6 +64,15 @@ class LogReader(threading.Thread):
                         f"no log line matching {pattern!r}; log was:\n" + "\n".join(self.lines))
                 self.cond.wait(left)
 
+    def wait_count(self, pattern, n, timeout=TIMEOUT):
+        """Wait until at least n lines match regex pattern."""
+        rx = re.compile(pattern)
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: sum(1 for l in self.lines if rx.search(l)) >= n or self.closed, timeout)
+            if not ok or sum(1 for l in self.lines if rx.search(l)) < n:
+                raise AssertionError(f"fewer than {n} lines match {pattern!r}; log:\n" + self.text())
+
     def count(self, pattern):
         rx = re.compile(pattern)
         with self.cond:

@@ -52,7 +52,19 @@ def problems(tmp_path, text):
     ("services:\n  a: {listen: 0, server: /bin/cat, group: no-such-group-xyz}\n", 2, "services.a.group", "no such group"),
     ("services:\n  a: {listen: 0, server: /bin/cat, workdir: /no/such/dir}\n", 2, "services.a.workdir", "no such directory"),
     ("services:\n  a: {listen: 0, server: /bin/cat, stderr: file}\n", 2, "services.a.stderr", "expected one of"),
-    ("services:\n  a: {listen: 0, server: /bin/cat, only_from: [10.0.0.0/8]}\n", 2, "services.a.only_from", "unknown key"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, only_from: [10.0.0.300/8]}\n", 2, "services.a.only_from", "not an address or CIDR"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, protocol: udp, only_from: [10.0.0.0/8]}\n", 2, "services.a.only_from", "nowait services only"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, per_source: 0}\n", 2, "services.a.per_source", "above 0"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, per_source_v6_prefix: 129}\n", 2, "services.a.per_source_v6_prefix", "1 to 128"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, per_source_rate: {limit: 5}}\n", 2, "services.a.per_source_rate", "missing per"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rate: {limit: 5, per: 1}}\n", 2, "services.a.rate", "missing pause"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rate: {limit: 5, per: 1, pause: 1, burst: 2}}\n", 2, "services.a.rate", "unknown field"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, max_load: high}\n", 2, "services.a.max_load", "number above 0"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {files: 10}}\n", 2, "services.a.rlimits", "unknown limit"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {as: 1X}}\n", 2, "services.a.rlimits", "expected a size"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {nofile: -1}}\n", 2, "services.a.rlimits", "whole number"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, proxy_protocol: v3}\n", 2, "services.a.proxy_protocol", "expected one of"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, proxy_from: [10.0.0.0/8]}\n", 2, "services.a.proxy_from", "needs proxy_protocol"),
     ("services:\n  a: {listen: unix:/tmp/x.sock, server: /bin/cat, protocol: udp}\n", 2, "services.a.listen", "stream sockets"),
     ("defaults:\n  listen: 80\nservices:\n  a: {listen: 0, server: /bin/cat}\n", 2, "defaults.listen", "not allowed in defaults"),
     ("defaults:\n  instances: -3\nservices:\n  a: {listen: 0, server: /bin/cat}\n", 2, "defaults.instances", "above 0"),
@@ -106,6 +118,36 @@ def test_a_clean_file_resolves_everything(tmp_path):
     assert udp.mode == "wait" and udp.argv[-1] == "echo" and udp.argv[-2].endswith("classic.py")
     assert [s.name for s in cfg.enabled] == ["web", "echo-udp"]
     assert off.enabled is False
+
+
+def test_protection_keys_resolve(tmp_path):
+    import ipaddress
+    cfg = load_text(tmp_path, """
+        services:
+          a:
+            listen: 0
+            server: /bin/cat
+            only_from: [127.0.0.0/8, "::1", "::ffff:10.0.0.0/104"]
+            no_access: 127.0.0.9
+            per_source: 3
+            per_source_rate: {limit: 20, per: 60}
+            rate: {limit: 200, per: 1, pause: 10}
+            max_load: 8
+            rlimits: {nofile: 64, as: 1G, cpu: 60, core: 0, stack: unlimited}
+            proxy_protocol: any
+            proxy_from: [10.0.0.0/8]
+            proxy_timeout: 2
+    """)
+    a = cfg.services[0]
+    assert a.only_from == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
+                           ipaddress.ip_network("10.0.0.0/8"))
+    assert a.no_access == (ipaddress.ip_network("127.0.0.9/32"),)
+    assert a.per_source == 3 and a.v6_prefix == 64
+    assert a.per_source_rate == {"limit": 20, "per": 60.0}
+    assert a.rate == {"limit": 200, "per": 1.0, "pause": 10.0}
+    assert a.max_load == 8.0
+    assert dict(a.rlimits) == {"nofile": 64, "as": 1 << 30, "cpu": 60, "core": 0, "stack": "unlimited"}
+    assert a.proxy_protocol == "any" and a.proxy_timeout == 2.0
 
 
 def test_disabled_services_may_share_an_address(tmp_path):

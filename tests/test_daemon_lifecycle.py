@@ -128,6 +128,7 @@ services:
     fds_before = daemon.num_fds()
     for i in range(150):
         assert ask(address, b"%d\n" % i) == b"%d\n" % i
+    d.log.wait_count(r"^exit service=cat ", 151)
     d.send(signal.SIGUSR1)
     d.log.wait_for(r"^status service=cat .*running=0 .*started=151 ")
     assert daemon.num_fds() == fds_before

@@ -1,0 +1,132 @@
+"""Connections waiting for their PROXY header, read without blocking the loop.
+
+A connection to a `proxy_protocol` service is watched in the loop's
+selector until its header has arrived.  Each readiness event peeks at what
+is queued (MSG_PEEK), so nothing is consumed until proxy.parse finds a whole
+header; then exactly the header's bytes are read and the connection goes on
+to the usual checks with the client the header names.  The payload behind
+the header, even in the same segment, stays in the socket for the handler.
+
+Rule 1: a pending connection ends in exactly one of three ways: its header
+arrives (on_header), it fails or times out (on_refused), or it is evicted
+because too many connections of its service are waiting (on_refused): the
+oldest goes first, so a flood of silent connections cannot starve clients
+that speak promptly.
+Rule 2: every pending fd has one owner, this module, until it hands it on.
+"""
+
+import selectors
+import socket
+import time
+from collections import OrderedDict
+from functools import partial
+
+from superd import proxy
+
+MIN_PENDING = 64          # per service; at least `instances`
+
+
+class Pending:
+    __slots__ = ("sock", "state", "listener", "peer", "timer")
+
+    def __init__(self, sock, state, listener, peer):
+        self.sock = sock
+        self.state = state
+        self.listener = listener
+        self.peer = peer
+        self.timer = None
+
+
+class ProxyReader:
+    def __init__(self, selector, timers, on_header, on_refused):
+        self.selector = selector
+        self.timers = timers
+        self.on_header = on_header       # (state, listener, fd, peer, Header)
+        self.on_refused = on_refused     # (state, peer, reason, detail)
+        self.waiting = {}                # service name -> OrderedDict(fd -> Pending)
+
+    def add(self, state, listener, fd, peer):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        entry = Pending(sock, state, listener, peer)
+        queue = self.waiting.setdefault(state.name, OrderedDict())
+        if len(queue) >= max(MIN_PENDING, state.service.instances):
+            _, oldest = queue.popitem(last=False)
+            self._drop(oldest, "proxy-evicted", "too many connections waiting for a header")
+        queue[fd] = entry
+        entry.timer = self.timers.at(time.monotonic() + state.service.proxy_timeout,
+                                     partial(self._expired, entry))
+        self.selector.register(fd, selectors.EVENT_READ, partial(self._readable, entry))
+        self._readable(entry)            # on loopback the header is often there already
+
+    def _readable(self, entry):
+        fd = entry.sock.fileno()
+        if fd < 0 or fd not in self.waiting.get(entry.state.name, ()):
+            return
+        try:
+            data = entry.sock.recv(proxy.MAX_HEADER, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            return self._finish(entry, "proxy-error", err.strerror or str(err))
+        if not data:
+            return self._finish(entry, "proxy-closed", "closed before a complete header")
+        try:
+            header = proxy.parse(data, entry.state.service.proxy_protocol)
+        except proxy.ProxyError as err:
+            return self._finish(entry, "proxy-malformed", str(err))
+        if header is None:
+            if len(data) >= proxy.MAX_HEADER:
+                self._finish(entry, "proxy-malformed", "header too long")
+            return
+        try:
+            _consume(entry.sock, header.length)
+        except OSError as err:
+            return self._finish(entry, "proxy-error", err.strerror or str(err))
+        self._forget(entry)
+        entry.sock.setblocking(True)     # handlers get a blocking socket
+        self.on_header(entry.state, entry.listener, entry.sock.detach(), entry.peer, header)
+
+    def _expired(self, entry):
+        if entry.sock.fileno() >= 0:
+            self._finish(entry, "proxy-timeout",
+                         f"no complete header within {entry.state.service.proxy_timeout:g} s")
+
+    def _finish(self, entry, reason, detail):
+        self._forget(entry)
+        self._drop(entry, reason, detail)
+
+    def _drop(self, entry, reason, detail):
+        if entry.timer is not None:
+            entry.timer.cancel()
+        try:
+            self.selector.unregister(entry.sock.fileno())
+        except (KeyError, ValueError):
+            pass
+        entry.sock.close()
+        self.on_refused(entry.state, entry.peer, reason, detail)
+
+    def _forget(self, entry):
+        entry.timer.cancel()
+        fd = entry.sock.fileno()
+        self.waiting.get(entry.state.name, {}).pop(fd, None)
+        self.selector.unregister(fd)
+
+    def close_all(self):
+        for queue in self.waiting.values():
+            for entry in list(queue.values()):
+                entry.timer.cancel()
+                self.selector.unregister(entry.sock.fileno())
+                entry.sock.close()
+        self.waiting.clear()
+
+
+def _consume(sock, length):
+    """Read exactly length bytes that MSG_PEEK showed are queued."""
+    view = bytearray(length)
+    got = 0
+    while got < length:
+        n = sock.recv_into(memoryview(view)[got:], length - got)
+        if n == 0:
+            raise OSError("connection closed inside the header")
+        got += n

@@ -53,7 +53,7 @@ import select
 import sys
 import time
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from struct import pack
+from _struct import pack
 
 VERSION = "0.1.0"
 SERVER = "superd-httpd/" + VERSION
@@ -281,9 +281,13 @@ TEXT_TYPES = ("text/", "application/json", "application/javascript",
 CGI_DROP = frozenset(("connection", "keep-alive", "transfer-encoding", "te",
                       "trailer", "upgrade", "proxy-connection", "content-length",
                       "status", "date", "server"))
+# Answers after which the connection is closed whatever the request said:
+# the peer misbehaved, or we failed.
+CLOSING = frozenset((400, 408, 411, 413, 414, 417, 431, 500, 501, 502, 503, 504, 505))
 MAX_RANGES = 16
 MIN_BODY_RATE = 1024        # bytes/s a request body must average after --timeout s
 LOCAL_REDIRECTS = 5         # most CGI local redirects for one request
+CGI_HOLD = 0.02             # seconds a CGI answer waits for its end, to be sent whole
 
 
 class Request:
@@ -874,10 +878,10 @@ class Connection:
         searched = 0
         while True:
             found = find_head_end(buf, searched)
-            if found is not None:
+            if found is not None and found[0] <= settings.max_header_size:
                 self.buf = buf[found[1]:]
                 return buf[:found[0]]
-            if len(buf) > settings.max_header_size:
+            if found is not None or len(buf) > settings.max_header_size:
                 if buf.find(b"\n", 0, settings.max_line + 1) < 0:
                     raise HttpError(414, "request line too long", close=True)
                 raise HttpError(431, "header section too large", close=True)
@@ -896,12 +900,6 @@ class Connection:
                 raise ClientGone("EOF inside a request head")
             searched = max(len(buf) - 2, 0)
             buf = buf + data
-
-    def start_body(self, length):
-        """Note that a body of length bytes (or chunked, if None) follows."""
-        self.body_started = time.monotonic()
-        self.body_received = 0
-        self.unread = -1 if length is None else length
 
     def body_timeout(self):
         """Seconds the next body read may wait: --timeout of silence, and on
@@ -930,6 +928,15 @@ class Connection:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
+    def read_into(self, n, sink):
+        """Pass the next n body bytes to sink(bytes), piece by piece."""
+        while n > 0:
+            if not self.buf:
+                self.fill()
+            piece, self.buf = self.buf[:n], self.buf[n:]
+            sink(piece)
+            n -= len(piece)
+
     def read_crlf_line(self, limit):
         """One line ending in CRLF (returned without it); a bare LF is a 400."""
         while True:
@@ -943,9 +950,9 @@ class Connection:
                 raise HttpError(400, "chunk line too long", close=True)
             self.fill()
 
-    def read_chunked(self, limit):
-        """A de-chunked request body of at most limit bytes (413 beyond)."""
-        parts = []
+    def read_chunked(self, limit, sink):
+        """De-chunk a request body of at most limit bytes (413 beyond) into
+        sink(bytes); return its length.  Trailer fields are read and dropped."""
         total = 0
         while True:
             size = parse_chunk_size(self.read_crlf_line(4096))
@@ -954,7 +961,7 @@ class Connection:
             total += size
             if total > limit:
                 raise HttpError(413, "chunked body too large", close=True)
-            parts.append(self.read_exact(size))
+            self.read_into(size, sink)
             if self.read_exact(2) != b"\r\n":
                 raise HttpError(400, "chunk data not followed by CRLF", close=True)
         trailer = 0
@@ -965,25 +972,32 @@ class Connection:
             trailer += len(line)
             if trailer > self.settings.max_header_size:
                 raise HttpError(431, "trailer section too large", close=True)
+        return total
+
+    def read_body(self, request, limit, sink):
+        """The whole request body into sink(bytes); returns its length.
+        Bound by limit (413) and by body_timeout() on every read (408)."""
+        self.body_started = time.monotonic()
+        self.body_received = 0
+        if request.chunked:
+            length = self.read_chunked(limit, sink)
+        else:
+            if request.length > limit:
+                raise HttpError(413, "request body too large", close=True)
+            self.read_into(request.length, sink)
+            length = request.length
         self.unread = 0
-        return b"".join(parts)
+        return length
 
     def discard_body(self, request):
         """Read and drop a small request body so the connection stays usable;
         a large one (or one behind Expect) closes the connection instead."""
-        if request.chunked:
-            if "expect" in request.headers:
-                self.keep = False
-                return
-            self.start_body(None)
-            self.read_chunked(64 << 10)
-        elif request.length:
-            if request.length > 64 << 10 or "expect" in request.headers:
-                self.keep = False
-                return
-            self.start_body(request.length)
-            self.read_exact(request.length)
-            self.unread = 0
+        if not (request.chunked or request.length):
+            return
+        if request.length > 64 << 10 or "expect" in request.headers:
+            self.keep = False
+            return
+        self.read_body(request, 64 << 10, _drop)
 
     # -- writing ----------------------------------------------------------
     def send(self, data, more=False):
@@ -1028,6 +1042,10 @@ class Connection:
         except (OSError, TimeoutError):
             pass
         self.sock.close()
+
+
+def _drop(data):
+    pass
 
 
 def _timeval(seconds):
@@ -1257,13 +1275,17 @@ def error_page(status):
 # =========================================================================
 
 # Signal numbers from the C module: the `signal` module would import enum.
-from _signal import SIGKILL, SIGPIPE, SIGXFSZ  # noqa: E402
+# A CGI program starts with every signal at its default (Python ignores
+# SIGPIPE and SIGXFSZ, a launcher may have ignored others, and an ignored
+# signal survives exec), except glibc's own 32 and 33, which it cannot touch.
+from _signal import SIGKILL, SIGSTOP, valid_signals  # noqa: E402
+SIGNALS_TO_RESET = tuple(sorted(set(valid_signals()) - {SIGKILL, SIGSTOP}))
 
 # posix_spawn has no chdir, so we lend it ours under a lock; every path this
 # program uses after start-up is absolute, so its own folder does not matter.
 CHDIR_LOCK = _thread.allocate_lock()
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
+POLLIN = select.POLLIN
 
 
 class Script:
@@ -1279,12 +1301,16 @@ class Script:
 
 
 def find_script(settings, segments):
-    """The Script a path names, if some prefix of it matches a --cgi pattern
-    and is a file; None if none matches (the path is then a static file)."""
+    """The Script a path names: the first prefix of it that matches a --cgi
+    pattern and is a file.  None if no prefix matches (a static file).  A
+    path inside a matching folder that names no program is refused (404 or
+    403), so nothing under /cgi-bin/ is ever served as a plain file."""
+    matched = False
     for i in range(1, len(segments) + 1):
         prefix = "/" + "/".join(segments[:i])
         if not any(glob_match(tokens, prefix) for tokens in settings.cgi_globs):
             continue
+        matched = True
         path, st = resolve(settings, segments[:i])
         if S_ISDIR(st.st_mode):
             continue
@@ -1292,6 +1318,9 @@ def find_script(settings, segments):
             raise HttpError(403, "CGI program not executable")
         info = "".join("/" + s for s in segments[i:])
         return Script(path, prefix, info)
+    if matched:
+        resolve(settings, segments)
+        raise HttpError(403, "no CGI program here")
     return None
 
 
@@ -1343,49 +1372,69 @@ def cgi_environ(conn, request, script, length):
     return env
 
 
-def spawn_script(script, env, stderr_fd):
-    """Start a CGI program with pipes on fds 0 and 1, stderr_fd on 2, in its
-    own session and folder, SIGPIPE and SIGXFSZ at their defaults, no other
-    fd (ours are close-on-exec).  Returns (pid, stdin writer, stdout reader)."""
-    in_r, in_w = os.pipe()
+def spawn_script(script, env, stdin_fd, stderr_fd):
+    """Start a CGI program: stdin_fd on fd 0, a pipe on fd 1, stderr_fd on 2,
+    in its own session and folder, every signal at its default and none
+    blocked, no other fd (ours are close-on-exec).  Returns (pid, stdout)."""
     out_r, out_w = os.pipe()
-    actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+    actions = [(os.POSIX_SPAWN_DUP2, stdin_fd, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
     try:
         with CHDIR_LOCK:
             os.chdir(os.path.dirname(script.path))
             pid = os.posix_spawn(script.path, [script.path], env,
                                  file_actions=actions, setsid=True,
-                                 setsigdef=(SIGPIPE, SIGXFSZ), setsigmask=())
+                                 setsigdef=SIGNALS_TO_RESET, setsigmask=())
     except BaseException:
-        for fd in (in_r, in_w, out_r, out_w):
-            os.close(fd)
+        os.close(out_r)
         raise
-    os.close(in_r)
-    os.close(out_w)
-    os.set_blocking(in_w, False)
+    finally:
+        os.close(out_w)
     os.set_blocking(out_r, False)
-    return pid, in_w, out_r
+    return pid, out_r
+
+
+def body_file(conn, request):
+    """The request body in an anonymous memory file, read to its end before
+    the program starts (as nginx does): the program never waits on a slow
+    client, and a client that sends its whole body before it reads cannot
+    deadlock with a program that answers as it reads.  (fd, length)."""
+    if "expect" in request.headers and request.version == 11:
+        if request.length > conn.settings.max_body:
+            raise HttpError(413, "request body too large", close=True)
+        conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+    fd = os.memfd_create("superd-httpd-body")
+    try:
+        length = conn.read_body(request, conn.settings.max_body,
+                                lambda data: write_all(fd, data))
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, length
+
+
+def write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
 
 
 class CgiRun:
-    """One CGI program at work: feed it the request body, relay its answer.
+    """One CGI program at work: relay its answer to the client.
 
-    One poll loop watches the program's stdout, its stdin (while body bytes
-    are pending) and the client socket (for more body, or to notice that the
-    client went away: a close, a reset, or a half-close, as nginx counts it).
-    The whole run is bound by --cgi-timeout; on timeout or disconnect the
-    program's process group is killed.  Output is read until the pipe is dry
-    before it is relayed, so a quick program's whole answer goes out in one
-    write with a Content-Length; a slow one is streamed, chunked on HTTP/1.1.
-    """
+    One poll loop watches the program's stdout and the client socket, to
+    notice the client going away (a close, a reset, or a half-close, as
+    nginx counts it); the run is bound by --cgi-timeout.  On timeout or
+    departure the program's process group is killed.  Once the program's
+    head is complete, its output is held for up to CGI_HOLD seconds (and
+    64 KiB) in the hope of its end: a quick program's whole answer then goes
+    out at once with a Content-Length; a slower one is streamed, chunked on
+    HTTP/1.1 and close-delimited on HTTP/1.0."""
 
-    def __init__(self, conn, request, script, body, remaining):
+    def __init__(self, conn, request, script):
         self.conn = conn
         self.request = request
         self.script = script
-        self.pending = body            # body bytes not yet written to stdin
-        self.remaining = remaining     # body bytes still on the socket
         self.deadline = time.monotonic() + conn.settings.cgi_timeout
         self.out = b""                 # output not yet relayed
         self.eof = False               # stdout reached end of file
@@ -1394,20 +1443,18 @@ class CgiRun:
         self.framing = None            # "length", "chunked", "close" or "none"
         self.left = 0                  # with "length": bytes still to pass on
         self.watch_client = True
-        self.pid = self.stdin = self.stdout = self.poller = None
+        self.hold_until = None         # relay nothing before this, hoping for EOF
+        self.pid = self.stdout = None
 
-    def run(self, env):
+    def run(self, env, stdin_fd):
         """Relay the whole answer; return a local redirect's Location or None."""
         conn = self.conn
-        self.pid, self.stdin, self.stdout = spawn_script(self.script, env, conn.log.child_fd())
+        self.pid, self.stdout = spawn_script(self.script, env, stdin_fd, conn.log.child_fd())
         try:
-            self.poller = select.poll()
-            self.poller.register(self.stdout, POLLIN)
-            self.poller.register(self.stdin, POLLOUT)
-            if not self.pending and not self.remaining:
-                self.close_stdin()
+            poller = select.poll()
+            poller.register(self.stdout, POLLIN)
             while not self.eof:
-                self.step()
+                self.step(poller)
             if self.head is None:
                 self.parse_head()
                 if self.head is None:
@@ -1423,92 +1470,55 @@ class CgiRun:
             self.kill()
             raise
         finally:
-            self.close_stdin()
             os.close(self.stdout)
             self.reap()
 
-    def step(self):
+    def step(self, poller):
         """One poll: wait for the program or the client, deal with each event."""
         conn = self.conn
-        if self.remaining:
-            mask = 0 if self.pending else POLLIN
-        else:
-            mask = POLLIN if self.watch_client else 0
-        self.poller.register(conn.fd, mask)
-        if self.stdin is not None:
-            self.poller.register(self.stdin, POLLOUT if self.pending else 0)
-        left = self.deadline - time.monotonic()
+        poller.register(conn.fd, POLLIN if self.watch_client else 0)
+        now = time.monotonic()
+        left = self.deadline - now
         if left <= 0:
             self.timed_out()
-        for fd, event in self.poller.poll(int(left * 1000) + 1):
+        if self.hold_until is not None:
+            left = min(left, self.hold_until - now)
+        events = poller.poll(max(int(left * 1000) + 1, 0))
+        for fd, event in events:
             if fd == self.stdout:
                 self.read_output()
-            elif fd == self.stdin:
-                self.write_input(event)
-            elif fd == conn.fd:
+            else:
                 self.from_client(event)
+        if not events and self.hold_until is not None:
+            self.hold_until = None
+            self.relay()
 
     def timed_out(self):
         self.kill()
         self.conn.log.diag("cgi %s: killed after %gs (--cgi-timeout)"
                            % (self.script.name, self.conn.settings.cgi_timeout))
-        if self.remaining:
-            raise HttpError(408, "request body too slow", close=True)
         if self.conn.started:
             raise ClientGone("CGI program timed out after its head")
         raise HttpError(504, "CGI program timed out", close=True)
 
-    # -- events -----------------------------------------------------------
     def from_client(self, event):
-        """More body for the program, or the client's departure."""
-        conn = self.conn
-        flags = _socket.MSG_DONTWAIT
-        want = min(self.remaining, 65536)
-        if not self.remaining:
-            flags |= _socket.MSG_PEEK
-            want = 1
-        try:
-            data = conn.sock.recv(want, flags) if event & POLLIN else b""
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            conn.keep = False
-            conn.log.diag("cgi %s: client went away; killing pid %d"
-                          % (self.script.name, self.pid))
-            raise ClientGone("client went away while the CGI program ran")
-        if self.remaining:
-            self.remaining -= len(data)
-            conn.unread = self.remaining
-            self.pending = data
-        else:
-            self.watch_client = False     # a pipelined request: leave it be
-
-    def write_input(self, event):
-        if self.pending:
+        """The client spoke while the program ran: a pipelined request (leave
+        it be), or its departure (kill the program)."""
+        data = b""
+        if event & POLLIN:
             try:
-                n = os.write(self.stdin, self.pending)
+                data = self.conn.sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
-            except OSError:               # EPIPE: it will not read the rest
-                self.close_stdin()
-                return
-            self.pending = self.pending[n:]
-        elif event & (select.POLLERR | select.POLLHUP):
-            self.close_stdin()
+            except OSError:
+                pass
+        if data:
+            self.watch_client = False
             return
-        if not self.pending and not self.remaining:
-            self.close_stdin()
-
-    def close_stdin(self):
-        if self.stdin is not None:
-            self.poller.unregister(self.stdin)
-            os.close(self.stdin)
-            self.stdin = None
-            if self.pending or self.remaining:
-                self.conn.keep = False    # body left on the wire: no next request
-                self.pending = b""
+        self.conn.keep = False
+        self.conn.log.diag("cgi %s: client went away; killing pid %d"
+                           % (self.script.name, self.pid))
+        raise ClientGone("client went away while the CGI program ran")
 
     def read_output(self):
         while len(self.out) < 1 << 20:
@@ -1522,8 +1532,15 @@ class CgiRun:
             self.out += data
         if self.head is None:
             self.parse_head()
-        if self.head is not None and not self.eof:
-            self.relay()
+        if self.head is None or self.eof:
+            return
+        if not self.conn.started and len(self.out) < 65536:
+            if self.hold_until is None:
+                self.hold_until = time.monotonic() + CGI_HOLD
+            if time.monotonic() < self.hold_until:
+                return
+        self.hold_until = None
+        self.relay()
 
     def parse_head(self):
         if self.script.nph:
@@ -1655,32 +1672,22 @@ def wait_for_exit(pid, timeout):
 
 def run_cgi(conn, request, script, depth):
     """Run a CGI program for the request; follow its local redirects."""
-    settings = conn.settings
     if request.method not in CGI_METHODS:
         raise HttpError(405, headers=("Allow: " + CGI_ALLOW,))
-    body, remaining, length = b"", 0, None
+    stdin_fd, length = conn.log.devnull_fd(), None
     if request.chunked or request.length:
-        if request.length > settings.max_body:
-            raise HttpError(413, "request body too large", close=True)
-        if "expect" in request.headers and request.version == 11:
-            conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if request.chunked:
-            conn.start_body(None)
-            body = conn.read_chunked(settings.max_body)
-            length = len(body)
-        else:
-            length = request.length
-            conn.start_body(length)
-            body, conn.buf = conn.buf[:length], conn.buf[length:]
-            remaining = conn.unread = length - len(body)
-    env = cgi_environ(conn, request, script, length)
+        stdin_fd, length = body_file(conn, request)
     try:
-        location = CgiRun(conn, request, script, body, remaining).run(env)
+        env = cgi_environ(conn, request, script, length)
+        location = CgiRun(conn, request, script).run(env, stdin_fd)
     except OSError as exc:
-        if conn.started or isinstance(exc, (BrokenPipeError, ConnectionError)):
+        if conn.started or isinstance(exc, ConnectionError):
             raise
         conn.log.diag("cgi %s: cannot start: %s" % (script.name, exc.strerror))
         raise HttpError(500, "cannot start the CGI program") from None
+    finally:
+        if length is not None:
+            os.close(stdin_fd)
     if location is None:
         return
     if depth >= LOCAL_REDIRECTS:
@@ -1757,7 +1764,7 @@ def answer_error(conn, request, exc):
     if conn.started:
         conn.keep = False
         raise ClientGone("error after the head was sent: %s" % exc)
-    if exc.close or conn.unread:
+    if exc.close or exc.status in CLOSING or conn.unread:
         conn.keep = False
     fields = ["Content-Type: text/html; charset=utf-8"]
     fields.extend(exc.headers)
@@ -1795,6 +1802,7 @@ def serve_connection(conn):
                 line = "-" if line is None else line
             except ClientGone:
                 conn.keep = False
+                conn.buf, conn.unread = b"", 0      # the peer is gone: no lingering
                 if line is not None or conn.status:
                     log.access(conn, line, request, status=conn.status or 499)
                 break
@@ -1807,7 +1815,7 @@ def serve_connection(conn):
                                 error_page(500))
             log.access(conn, line, request)
     except ClientGone:
-        pass
+        conn.buf, conn.unread = b"", 0          # the peer is gone: no lingering
     finally:
         conn.close()
 
@@ -1860,10 +1868,11 @@ class Log:
 
     def child_fd(self):
         """The fd a CGI program's stderr goes to: our log, else /dev/null."""
-        if self.fd is not None:
-            return self.fd
+        return self.fd if self.fd is not None else self.devnull_fd()
+
+    def devnull_fd(self):
         if self.devnull is None:
-            self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         return self.devnull
 
 

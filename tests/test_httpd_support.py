@@ -291,7 +291,7 @@ CGI_SCRIPTS = {
     "nohead.sh": 'printf "Content-Type: text/plain\\r\\n"\n',
     "pwd.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\n"; pwd\n',
     "stream.sh": ('printf "Content-Type: text/plain\\r\\n\\r\\n"; echo one; '
-                  'read line; echo "$line"\n'),
+                  'read line < ./stream.fifo; echo "$line"\n'),
     "slow.sh": ('sleep 60 & echo "slow.sh pid=$$ child=$!" >&2\n'
                 'wait\n'),
     "slowhead.sh": ('printf "Content-Type: text/plain\\r\\n\\r\\nstarted\\n"; '
@@ -359,6 +359,7 @@ def make_site(root):
     script(cgi / "badinterp.sh", "echo x\n", interpreter="/nonexistent/interpreter")
     (cgi / "noexec.sh").write_text("#!/bin/sh\necho secret source\n")
     script(cgi / "fds.py", FDS_PY, interpreter=sys.executable)
+    os.mkfifo(cgi / "stream.fifo")
     (cgi / "sub").mkdir()
     script(cgi / "sub" / "inner.sh", 'printf "Content-Type: text/plain\\r\\n\\r\\ninner\\n"\n')
     return root

@@ -1,0 +1,347 @@
+"""superd-httpd serving files, over a socketpair (the handler as a filter).
+
+Content types, validators and conditional requests, ranges (single, suffix,
+open-ended, multipart, If-Range, 416), precompressed .gz, directories and
+listings, and every way a path could try to leave the root.
+"""
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, handler, make_site, request,  # noqa: F401
+                                site)
+
+
+@pytest.fixture
+def serve(handler, site):
+    """serve(*extra_args) -> a Handler rooted at the shared site."""
+    def start(*args):
+        return handler(["--root", site, *args])
+    return start
+
+
+def get(serve_or_handler, path, *args, **kw):
+    h = serve_or_handler(*args) if callable(serve_or_handler) else serve_or_handler
+    return h.get(path, **kw)
+
+
+# -- plain files -----------------------------------------------------------
+
+def test_index_page(serve, site):
+    r = get(serve, "/")
+    assert r.status == 200
+    assert r.body == (site / "index.html").read_bytes()
+    assert r.header("content-type") == "text/html; charset=utf-8"
+    assert r.header("content-length") == str(len(r.body))
+    assert r.header("server").startswith("superd-httpd/")
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", r.header("date"))
+
+
+@pytest.mark.parametrize("path, ctype", [
+    ("/alpha.txt", "text/plain; charset=utf-8"),
+    ("/style.css", "text/css; charset=utf-8"),
+    ("/image.png", "image/png"),
+    ("/data.unknownext", "application/octet-stream"),
+    ("/page.txt.gz", "application/gzip"),
+])
+def test_content_types(serve, path, ctype):
+    assert get(serve, path).header("content-type") == ctype
+
+
+def test_validators(serve, site):
+    r = get(serve, "/alpha.txt")
+    st = os.stat(site / "alpha.txt")
+    assert r.body == ALPHA
+    assert re.fullmatch(r'"[0-9a-f]+-1a"', r.header("etag"))
+    from email.utils import parsedate_to_datetime
+    assert parsedate_to_datetime(r.header("last-modified")).timestamp() == int(st.st_mtime)
+    assert r.header("accept-ranges") == "bytes"
+
+
+def test_big_file_arrives_whole(serve, site):
+    """Bigger than any socket buffer: sendfile in several rounds."""
+    r = get(serve, "/big.bin")
+    assert r.body == (site / "big.bin").read_bytes()
+
+
+def test_empty_file(serve):
+    r = get(serve, "/empty.txt")
+    assert (r.status, r.body, r.header("content-length")) == (200, b"", "0")
+
+
+def test_head_has_headers_but_no_body(serve):
+    h = serve()
+    r = h.get("/alpha.txt", method="HEAD")
+    assert r.status == 200 and r.header("content-length") == "26"
+    assert h.get("/alpha.txt").body == ALPHA    # nothing stray was sent after the HEAD answer
+
+
+def test_options(serve):
+    h = serve()
+    r = h.get("/alpha.txt", method="OPTIONS")
+    assert r.status == 204 and r.header("allow") == "GET, HEAD, OPTIONS"
+    r = h.get("*", method="OPTIONS")
+    assert r.status == 204 and "POST" in r.header("allow")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT"])
+def test_other_methods_on_files_are_405(serve, method):
+    path = "example.com:443" if method == "CONNECT" else "/alpha.txt"
+    r = get(serve, path, method=method)
+    assert r.status == 405
+    assert r.header("allow") == "GET, HEAD, OPTIONS"
+
+
+def test_post_body_to_a_file_closes_after_405(serve):
+    h = serve()
+    r = h.get("/alpha.txt", method="POST", body=b"x" * 100)
+    assert r.status == 405 and r.header("connection") == "close"
+    assert h.at_eof()
+
+
+def test_small_body_on_get_is_read_and_dropped(serve):
+    h = serve()
+    h.send(request("/alpha.txt", body=b"ignored") + request("/alpha.txt"))
+    assert h.response().body == ALPHA
+    assert h.response().body == ALPHA
+
+
+# -- conditional requests ----------------------------------------------------
+
+def test_if_none_match_and_if_modified_since(serve):
+    h = serve()
+    first = h.get("/alpha.txt")
+    etag, lm = first.header("etag"), first.header("last-modified")
+    r = h.get("/alpha.txt", headers=[("If-None-Match", etag)])
+    assert r.status == 304 and r.body == b"" and r.header("etag") == etag
+    assert r.header("content-length") is None
+    assert h.get("/alpha.txt", headers=[("If-None-Match", '"nope", W/' + etag)]).status == 304
+    assert h.get("/alpha.txt", headers=[("If-Modified-Since", lm)]).status == 304
+    r = h.get("/alpha.txt", headers=[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")])
+    assert r.status == 200 and r.body == ALPHA
+    r = h.get("/alpha.txt", headers=[("If-None-Match", '"nope"'), ("If-Modified-Since", lm)])
+    assert r.status == 200
+    assert h.get("/alpha.txt", method="HEAD", headers=[("If-None-Match", "*")]).status == 304
+
+
+def test_if_match_and_if_unmodified_since(serve):
+    h = serve()
+    etag = h.get("/alpha.txt").header("etag")
+    assert h.get("/alpha.txt", headers=[("If-Match", etag)]).status == 200
+    assert h.get("/alpha.txt", headers=[("If-Match", '"other"')]).status == 412
+    r = h.get("/alpha.txt", headers=[("If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")])
+    assert r.status == 412
+
+
+# -- ranges --------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, content_range, body", [
+    ("bytes=0-4", "bytes 0-4/26", b"abcde"),
+    ("bytes=23-", "bytes 23-25/26", b"xyz"),
+    ("bytes=-2", "bytes 24-25/26", b"yz"),
+    ("bytes=20-1000", "bytes 20-25/26", b"uvwxyz"),
+    ("bytes=0-3,2-5", "bytes 0-5/26", b"abcdef"),
+])
+def test_single_range(serve, field, content_range, body):
+    r = get(serve, "/alpha.txt", headers=[("Range", field)])
+    assert r.status == 206
+    assert r.header("content-range") == content_range
+    assert r.body == body and r.header("content-length") == str(len(body))
+
+
+def test_multipart_ranges(serve):
+    r = get(serve, "/alpha.txt", headers=[("Range", "bytes=0-1, 24-")])
+    assert r.status == 206
+    ctype = r.header("content-type")
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    boundary = ctype.split("=", 1)[1].encode()
+    parts = r.body.split(b"--" + boundary)
+    assert parts[0] == b"" and parts[-1] == b"--\r\n"
+    found = []
+    for part in parts[1:-1]:
+        head, _, data = part.partition(b"\r\n\r\n")
+        assert b"Content-Type: text/plain; charset=utf-8" in head
+        found.append((re.search(rb"Content-Range: (bytes \S+)", head).group(1), data))
+    assert found == [(b"bytes 0-1/26", b"ab\r\n"), (b"bytes 24-25/26", b"yz\r\n")]
+
+
+@pytest.mark.parametrize("field", ["bytes=26-", "bytes=100-200", "bytes=-0"])
+def test_unsatisfiable_range(serve, field):
+    r = get(serve, "/alpha.txt", headers=[("Range", field)])
+    assert r.status == 416
+    assert r.header("content-range") == "bytes */26"
+
+
+@pytest.mark.parametrize("field", ["bytes=5-1", "lines=1-2", "bytes=x-",
+                                   "bytes=" + ",".join(["0-0"] * 17)])
+def test_ignored_range_sends_everything(serve, field):
+    r = get(serve, "/alpha.txt", headers=[("Range", field)])
+    assert (r.status, r.body) == (200, ALPHA)
+
+
+def test_if_range(serve):
+    h = serve()
+    first = h.get("/alpha.txt")
+    etag, lm = first.header("etag"), first.header("last-modified")
+    assert h.get("/alpha.txt", headers=[("Range", "bytes=0-0"), ("If-Range", etag)]).status == 206
+    assert h.get("/alpha.txt", headers=[("Range", "bytes=0-0"), ("If-Range", lm)]).status == 206
+    r = h.get("/alpha.txt", headers=[("Range", "bytes=0-0"), ("If-Range", '"stale"')])
+    assert (r.status, r.body) == (200, ALPHA)
+    r = h.get("/alpha.txt", headers=[("Range", "bytes=0-0"), ("If-Range", "W/" + etag)])
+    assert r.status == 200
+
+
+def test_range_on_head_is_ignored(serve):
+    r = get(serve, "/alpha.txt", method="HEAD", headers=[("Range", "bytes=0-0")])
+    assert r.status == 200 and r.header("content-length") == "26"
+
+
+def test_range_of_big_file(serve, site):
+    data = (site / "big.bin").read_bytes()
+    r = get(serve, "/big.bin", headers=[("Range", "bytes=1000000-2999999")])
+    assert r.status == 206 and r.body == data[1000000:3000000]
+
+
+# -- precompressed files -------------------------------------------------------
+
+def test_gzip_variant(serve, site):
+    h = serve()
+    plain = (site / "page.txt").read_bytes()
+    r = h.get("/page.txt", headers=[("Accept-Encoding", "gzip, deflate")])
+    assert r.header("content-encoding") == "gzip"
+    assert r.header("content-type") == "text/plain; charset=utf-8"
+    assert r.header("vary") == "Accept-Encoding"
+    assert gzip.decompress(r.body) == plain
+    gz_etag = r.header("etag")
+    r = h.get("/page.txt", headers=[("Accept-Encoding", "gzip;q=0")])
+    assert r.header("content-encoding") is None and r.body == plain
+    assert r.header("etag") != gz_etag
+    r = h.get("/page.txt")
+    assert r.header("content-encoding") is None and r.body == plain
+    assert r.header("vary") == "Accept-Encoding"
+    r = h.get("/alpha.txt", headers=[("Accept-Encoding", "gzip")])    # no .gz beside it
+    assert r.header("content-encoding") is None and r.body == ALPHA
+
+
+# -- directories ------------------------------------------------------------------
+
+def test_directory_without_slash_redirects(serve):
+    h = serve()
+    r = h.get("/sub")
+    assert r.status == 301 and r.header("location") == "/sub/"
+    r = h.get("/sub?a=1")
+    assert r.status == 301 and r.header("location") == "/sub/?a=1"
+    assert h.get("/sub/").body == b"sub index\n"
+
+
+def test_redirect_never_points_off_site(serve):
+    """//evil.com must not come back as a protocol-relative //evil.com/."""
+    h = serve()
+    for path in ("//evil.com", "///evil.com", "/./evil.com", "/%2Fevil.com"):
+        r = h.get(path)
+        assert r.status == 301 and r.header("location") == "/evil.com/", path
+
+
+def test_directory_without_index(serve, site):
+    assert get(serve, "/nodir/").status == 403
+    r = get(serve, "/nodir/", "--listing")
+    assert r.status == 200 and r.header("content-type") == "text/html; charset=utf-8"
+    page = r.body.decode()
+    assert "&lt;script&gt;.txt" in page and "<script>" not in page
+    assert 'href="%3Cscript%3E.txt"' in page
+    assert "a&amp;b.txt" in page and 'href="a%26b.txt"' in page
+    assert 'href="space%20name.txt"' in page
+    assert ".hidden" not in page
+    assert 'href="../"' in page
+
+
+def test_file_with_trailing_slash_is_404(serve):
+    assert get(serve, "/alpha.txt/").status == 404
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/nothing-here", 404), ("/alpha.txt/more", 404), ("/fifo", 403),
+    ("/" + "x" * 5000, 404),
+])
+def test_missing_and_odd_files(serve, path, status):
+    assert get(serve, path).status == status
+
+
+# -- safety: nothing leaves the root -------------------------------------------------
+
+TRAVERSALS = [
+    ("/../etc/passwd", 400), ("/%2e%2e/etc/passwd", 400), ("/%2E%2E/%2E%2E/etc/passwd", 400),
+    ("/sub/../../etc/passwd", 400), ("/..%2f..%2fetc/passwd", 400), ("/sub/%2e%2e/%2e%2e/x", 400),
+    ("/%00", 400), ("/alpha.txt%00.html", 400), ("/sub%5c..%5c..%5cetc", 400),
+    ("/%252e%252e/x.txt", 200),      # decoded once: a folder literally named %2e%2e
+    ("//etc/passwd", 404), ("/etc/passwd", 404),
+    ("http://test/../../etc/passwd", 400),
+    ("/.hidden", 404), ("/.git/config", 404), ("/%2egit/config", 404), ("/sub/.htpasswd", 404),
+    ("/.well-known/thing.txt", 200),
+    ("/link-in.txt", 200), ("/link-out.txt", 403), ("/link-dir-out/secret.txt", 403),
+]
+
+
+@pytest.mark.parametrize("path, status", TRAVERSALS)
+def test_traversal(serve, path, status):
+    r = get(serve, path)
+    assert r.status == status
+    assert b"outside the root" not in r.body and b"root:" not in r.body
+
+
+def test_follow_symlinks(serve):
+    h = serve("--follow-symlinks")
+    assert h.get("/link-out.txt").body == b"outside the root\n"
+    assert h.get("/link-dir-out/secret.txt").status == 200
+
+
+def test_root_option_relative_and_default(handler, site):
+    """--root defaults to the working directory; a relative one is resolved once."""
+    a, b = __import__("socket").socketpair()
+    a.settimeout(TIMEOUT)
+    proc = subprocess.Popen([sys.executable, str(HANDLER), "--quiet"], cwd=site,
+                            stdin=b, stdout=b, start_new_session=True)
+    b.close()
+    try:
+        a.sendall(request("/alpha.txt", headers=[("Connection", "close")]))
+        data = b""
+        while True:
+            chunk = a.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.endswith(b"\r\n\r\n" + ALPHA)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        a.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_missing_root_is_a_config_error(tmp_path):
+    result = subprocess.run([sys.executable, str(HANDLER), "--root", tmp_path / "nope"],
+                            capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 78
+    assert b"not a directory" in result.stderr
+
+
+def test_usage_errors(tmp_path):
+    result = subprocess.run([sys.executable, str(HANDLER), "--bogus"],
+                            capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 64
+    result = subprocess.run([sys.executable, str(HANDLER), "--root", tmp_path],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 64 and b"no socket" in result.stderr
+    result = subprocess.run([sys.executable, str(HANDLER), "--help"],
+                            capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 0 and b"--cgi-timeout" in result.stdout
+
+
+def test_fresh_site_builder(tmp_path):
+    """make_site is deterministic enough to be rebuilt under another name."""
+    assert (make_site(tmp_path / "again") / "alpha.txt").read_bytes() == ALPHA

@@ -290,6 +290,7 @@ CGI_SCRIPTS = {
     "garbage.sh": 'echo "this is not a header"\n',
     "nohead.sh": 'printf "Content-Type: text/plain\\r\\n"\n',
     "pwd.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\n"; pwd\n',
+    "ppid.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\n%s" "$PPID"\n',
     "stream.sh": ('printf "Content-Type: text/plain\\r\\n\\r\\n"; echo one; '
                   'read line < ./stream.fifo; echo "$line"\n'),
     "slow.sh": ('sleep 60 & echo "slow.sh pid=$$ child=$!" >&2\n'

@@ -1,0 +1,293 @@
+"""superd-httpd without superd: under systemd-socket-activate (all three
+modes), xinetd (wait = no and wait = yes), tcpserver, a listening socket on
+fd 0 (inetd "wait" by hand) and --listen; with real clients (http.client and
+curl) on loopback.
+
+Ports: every listener binds port 0.  systemd-socket-activate refuses port 0,
+so the test binds the socket itself and hands it over with LISTEN_FDS, which
+systemd-socket-activate passes through (sd_listen_fds); xinetd binds port 0
+and the real port is read from its socket table (psutil) once it has logged
+"Started working"; tcpserver -1 prints its port.
+"""
+
+import http.client
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, Lines, Reader, kill_group, make_site,
+                                pid_exits, request)
+
+
+def need(program):
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    assert path, "%s is not installed (.ci/run installs it with apt)" % program
+    return path
+
+
+@pytest.fixture
+def site(tmp_path):
+    return make_site(tmp_path / "www")
+
+
+@pytest.fixture
+def procs():
+    """start(argv, **popen) -> Popen in its own session; all killed at teardown."""
+    started = []
+
+    def start(argv, **kw):
+        kw.setdefault("start_new_session", True)
+        proc = subprocess.Popen([str(a) for a in argv], **kw)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        kill_group(proc)
+
+
+def listening_socket():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+def handler_argv(site, *args):
+    return [sys.executable, HANDLER, "--root", site, *args]
+
+
+def http_get(port, path, conn=None, **kw):
+    """(response, body) by http.client; conn reused for keep-alive."""
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    conn.request(kw.pop("method", "GET"), path, **kw)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def cgi_env(port, conn=None):
+    response, body = http_get(port, "/cgi-bin/env.sh", conn)
+    assert response.status == 200
+    return dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
+
+
+def curl(*args):
+    result = subprocess.run([need("curl"), "-sS", "--max-time", str(TIMEOUT), *map(str, args)],
+                            capture_output=True, timeout=TIMEOUT * 2)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def check_site(port):
+    """What every launcher must get right: keep-alive, CGI with the client's
+    address, a POST, a range, gzip; by http.client and by curl."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    response, body = http_get(port, "/alpha.txt", conn)
+    assert (response.status, body) == (200, ALPHA)
+    env = cgi_env(port, conn)                   # same connection: keep-alive
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["REMOTE_PORT"] == str(conn.sock.getsockname()[1])
+    assert env["SERVER_PORT"] == str(port)
+    response, body = http_get(port, "/cgi-bin/echo.sh", conn, method="POST", body=b"posted")
+    assert body == b"posted"
+    conn.close()
+    assert curl("http://127.0.0.1:%d/alpha.txt" % port) == ALPHA
+    assert curl("-r", "1-3", "http://127.0.0.1:%d/alpha.txt" % port) == b"bcd"
+    assert curl("--data-binary", "x=1&y=2", "http://127.0.0.1:%d/cgi-bin/echo.sh" % port) == b"x=1&y=2"
+    assert curl("--compressed", "http://127.0.0.1:%d/page.txt" % port).startswith(b"plain text")
+    head = curl("-I", "--http1.0", "http://127.0.0.1:%d/sub" % port)
+    assert head.startswith(b"HTTP/1.1 301") and b"Location: /sub/" in head
+
+
+# -- systemd socket activation ----------------------------------------------
+
+# Moves fd argv[1] to 3, names its own pid in LISTEN_PID and execs the rest:
+# the pid stays, so systemd-socket-activate finds a socket passed to it.
+TRAMPOLINE = """import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def socket_activate(procs, listener, mode, argv):
+    """systemd-socket-activate MODE ARGV, with our listener as its fd 3."""
+    proc = procs([sys.executable, "-c", TRAMPOLINE, listener.fileno(),
+                  need("systemd-socket-activate"), *mode, *argv],
+                 pass_fds=(listener.fileno(),), stderr=subprocess.PIPE)
+    return proc, Lines(proc.stderr)
+
+
+@pytest.mark.parametrize("mode", [["--accept", "--inetd"], ["--accept"]], ids=["inetd", "accept"])
+def test_systemd_accept_yes(procs, site, mode):
+    """One handler per connection: the socket on fd 0 (--inetd) or fd 3."""
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc, log = socket_activate(procs, listener, mode, handler_argv(site))
+    listener.close()
+    check_site(port)
+    log.wait_for(r'"GET /alpha.txt HTTP/1.1" 200 26')
+    assert log.text().count("Spawned") >= 5        # one handler per connection
+
+
+def test_systemd_accept_no(procs, site):
+    """One handler for all: it accepts for itself, concurrently, then leaves
+    after --idle-exit and gives the listener back in blocking mode."""
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc, log = socket_activate(procs, listener, [], handler_argv(site, "--idle-exit", "1"))
+    check_site(port)
+    # a slow CGI answer does not hold up another client
+    slow = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    slow.sendall(request("/cgi-bin/stream.sh"))
+    reader = Reader(slow)
+    assert reader._until(b"one\n")
+    response, body = http_get(port, "/alpha.txt")
+    assert body == ALPHA
+    with open(site / "cgi-bin" / "stream.fifo", "w") as fifo:
+        fifo.write("two\n")
+    assert reader._until(b"0\r\n\r\n").endswith(b"two\n\r\n")
+    slow.close()
+    first = handler_pid(port)
+    assert handler_pid(port) == first == proc.pid   # s-s-a exec'd the handler itself
+    assert proc.wait(TIMEOUT) == 0                  # idle for 1 s: it left
+    assert os.get_blocking(listener.fileno())
+    assert log.text().count("Execing") == 1
+    listener.close()
+
+
+def test_max_connections_leaves_clients_in_the_backlog(procs, site):
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    socket_activate(procs, listener, [], handler_argv(site, "--max-connections", "1"))
+    listener.close()
+    first = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    first.sendall(request("/alpha.txt"))
+    first_reader = Reader(first)
+    assert first_reader.response().body == ALPHA        # first is being served, kept alive
+    second = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+    second.sendall(request("/alpha.txt"))
+    with pytest.raises(socket.timeout):
+        second.recv(1)                                  # waits in the backlog
+    first.close()
+    second.settimeout(TIMEOUT)
+    assert Reader(second).response().body == ALPHA
+    second.close()
+
+
+# -- a listening socket on fd 0 (inetd "wait" by hand), and --listen ----------
+
+def test_listening_socket_on_stdin(procs, site):
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc = procs(handler_argv(site, "--idle-exit", "0.5"), stdin=listener, stdout=listener,
+                 stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(4)]
+    for i, conn in enumerate(conns):
+        conn.sendall(request("/cgi-bin/env.sh" if i % 2 else "/alpha.txt"))
+    for conn in conns:
+        assert Reader(conn).response().status == 200
+        conn.close()
+    assert proc.wait(TIMEOUT) == 0
+    assert log.text().count('"GET ') == 4
+    assert os.get_blocking(listener.fileno())
+    listener.close()
+
+
+def test_listen_option(procs, site):
+    proc = procs(handler_argv(site, "--listen", "127.0.0.1:0"), stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    port = int(log.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    check_site(port)
+
+
+# -- tcpserver ------------------------------------------------------------------
+
+def test_tcpserver(procs, site):
+    proc = procs([need("tcpserver"), "-1", "-R", "-H", "-l", "0", "127.0.0.1", "0",
+                  *handler_argv(site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    port = int(proc.stdout.readline())
+    check_site(port)
+    env = cgi_env(port)
+    assert env["SERVER_ADDR"] == "127.0.0.1"
+    log.wait_for(r'^127\.0\.0\.1 - - .*"GET /cgi-bin/env.sh HTTP/1.1" 200')
+
+
+# -- xinetd -----------------------------------------------------------------------
+
+XINETD_CONF = """\
+defaults
+{{
+}}
+service superd-httpd
+{{
+    type        = UNLISTED
+    socket_type = stream
+    protocol    = tcp
+    bind        = 127.0.0.1
+    port        = 0
+    wait        = {wait}
+{user}    server      = {python}
+    server_args = {handler} --root {root} --log {log} {extra}
+    instances   = 20
+}}
+"""
+
+
+def xinetd(procs, tmp_path, site, wait, extra=""):
+    """Start xinetd on a private config and pidfile; return (proc, port, log path)."""
+    conf = tmp_path / "xinetd.conf"
+    access = tmp_path / ("access-%s.log" % wait)
+    user = ""
+    if os.geteuid() == 0:
+        user = "    user        = %s\n" % pwd.getpwuid(os.geteuid()).pw_name
+    conf.write_text(XINETD_CONF.format(wait=wait, user=user, python=sys.executable,
+                                       handler=HANDLER, root=site, log=access, extra=extra))
+    proc = procs([need("xinetd"), "-dontfork", "-filelog", "/dev/stderr", "-f", conf,
+                  "-pidfile", tmp_path / "xinetd.pid"], stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    log.wait_for(r"Started working")
+    ps = psutil.Process(proc.pid)
+    listening = [c for c in ps.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert len(listening) == 1, listening
+    return proc, listening[0].laddr.port, access
+
+
+def test_xinetd_nowait(procs, tmp_path, site):
+    """xinetd hands over the connection on fds 0, 1 and 2: the handler must
+    not write its log to fd 2 (the client), so --log names a file."""
+    proc, port, access = xinetd(procs, tmp_path, site, "no")
+    check_site(port)
+    response, body = http_get(port, "/nothing")
+    assert response.status == 404 and b"GET /nothing" not in body
+    assert '"GET /alpha.txt HTTP/1.1" 200 26' in access.read_text()
+
+
+def test_xinetd_wait(procs, tmp_path, site):
+    """wait = yes: one handler accepts for itself until --idle-exit, and
+    xinetd starts a fresh one for the next client."""
+    proc, port, access = xinetd(procs, tmp_path, site, "yes", extra="--idle-exit 0.5")
+    check_site(port)
+    first = handler_pid(port)
+    assert handler_pid(port) == first          # the same process accepts again
+    assert pid_exits(first)                    # idle: it leaves by itself
+    second = handler_pid(port)                 # and xinetd starts another
+    assert second != first
+
+
+def handler_pid(port):
+    """The pid of the handler that served a request (its CGI program's parent)."""
+    response, body = http_get(port, "/cgi-bin/ppid.sh")
+    assert response.status == 200
+    return int(body)

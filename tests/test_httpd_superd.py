@@ -1,0 +1,147 @@
+"""superd-httpd under the real superd: nowait (one handler per connection,
+plain and preloaded), wait (one handler accepts for itself, then leaves
+when idle), and the shipped etc/services.yaml with the example site.
+
+Uses conftest's `superd` fixture: a daemon on port 0, ready on its
+NOTIFY_SOCKET, killed by process group at teardown.
+"""
+
+import http.client
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import connect
+from test_httpd_support import ALPHA, TIMEOUT, Reader, make_site, pid_exits, request
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOWAIT = """
+services:
+  http:
+    listen: 127.0.0.1:0
+    server: {python}
+    args: [{handlers}/httpd.py, --root, "{tmp}/www"]
+    stderr: log
+"""
+
+INTERNAL = """
+services:
+  http:
+    listen: 127.0.0.1:0
+    internal: httpd
+    args: [--root, "{tmp}/www"]
+    stderr: log
+    preload: %s
+"""
+
+WAIT = """
+services:
+  http:
+    listen: 127.0.0.1:0
+    mode: wait
+    server: {python}
+    args: [{handlers}/httpd.py, --root, "{tmp}/www", --idle-exit, "0.5"]
+    stderr: log
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    return make_site(tmp_path / "www")
+
+
+def get(address, path, conn=None, **kw):
+    conn = conn or http.client.HTTPConnection(*address, timeout=TIMEOUT)
+    conn.request(kw.pop("method", "GET"), path, **kw)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def env_of(body):
+    return dict(line.split("=", 1) for line in body.decode().splitlines() if "=" in line)
+
+
+def check(address):
+    """Keep-alive, the client's address, a POST to a CGI program, a range."""
+    conn = http.client.HTTPConnection(*address, timeout=TIMEOUT)
+    response, body = get(address, "/alpha.txt", conn)
+    assert (response.status, body) == (200, ALPHA)
+    response, body = get(address, "/cgi-bin/env.sh", conn)
+    env = env_of(body)
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["REMOTE_PORT"] == str(conn.sock.getsockname()[1])
+    assert env["SERVER_PORT"] == str(address[1])
+    response, body = get(address, "/cgi-bin/count.sh", conn, method="POST", body=b"x" * 100000)
+    assert body == b"100000"
+    response, body = get(address, "/alpha.txt", conn, headers={"Range": "bytes=-3"})
+    assert (response.status, body) == (206, b"xyz")
+    conn.close()
+
+
+def handler_pid(address):
+    response, body = get(address, "/cgi-bin/ppid.sh")
+    assert response.status == 200
+    return int(body)
+
+
+def test_nowait(superd, site):
+    daemon = superd(NOWAIT)
+    address = daemon.address("http")
+    check(address)
+    assert handler_pid(address) != handler_pid(address)     # one handler per connection
+    daemon.log.wait_for(r'stderr service=http .*GET /alpha\.txt HTTP/1\.1\\?" 200 26')
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("preload", ["false", "true"])
+def test_internal(superd, site, preload):
+    daemon = superd(INTERNAL % preload)
+    check(daemon.address("http"))
+    daemon.log.wait_for(r'stderr service=http .*POST /cgi-bin/count\.sh HTTP/1\.1\\?" 200 6')
+    assert daemon.stop() == 0
+
+
+def test_wait(superd, site):
+    daemon = superd(WAIT)
+    address = daemon.address("http")
+    check(address)
+    first = handler_pid(address)
+    assert handler_pid(address) == first        # the same handler accepts again
+    slow = connect(address)                     # and serves clients side by side
+    slow.sendall(request("/cgi-bin/stream.sh"))
+    reader = Reader(slow)
+    assert reader._until(b"one\n")
+    response, body = get(address, "/alpha.txt")
+    assert body == ALPHA
+    with open(site / "cgi-bin" / "stream.fifo", "w") as fifo:
+        fifo.write("two\n")
+    assert reader._until(b"0\r\n\r\n").endswith(b"two\n\r\n")
+    slow.close()
+    assert pid_exits(first)                     # --idle-exit: it leaves when idle
+    second = handler_pid(address)               # and superd starts another
+    assert second != first
+    assert daemon.stop() == 0
+
+
+def test_shipped_configuration(superd, tmp_path):
+    """etc/services.yaml's http service, on port 0, serves the example site
+    (its CGI form answered by this interpreter, not the python3 on PATH)."""
+    text = (ROOT / "etc" / "services.yaml").read_text()
+    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:0", text)
+    shutil.copytree(ROOT / "etc" / "www", tmp_path / "www")
+    form = tmp_path / "www" / "cgi-bin" / "form.py"
+    form.write_text(form.read_text().replace("#!/usr/bin/env python3", "#!" + sys.executable, 1))
+    daemon = superd(text)
+    address = daemon.address("http")
+    response, body = get(address, "/")
+    assert response.status == 200 and b'action="/cgi-bin/form.py"' in body
+    response, body = get(address, "/cgi-bin/form.py", method="POST",
+                         body=b"name=Ada+%3CL%3E&message=a+%26+b",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 200
+    assert b"Hello, Ada &lt;L&gt;" in body and b"a &amp; b" in body
+    assert daemon.stop() == 0

@@ -2,10 +2,14 @@
 
 A connection to a `proxy_protocol` service is watched in the loop's
 selector until its header has arrived.  Each readiness event peeks at what
-is queued (MSG_PEEK), so nothing is consumed until proxy.parse finds a whole
-header; then exactly the header's bytes are read and the connection goes on
-to the usual checks with the client the header names.  The payload behind
-the header, even in the same segment, stays in the socket for the handler.
+is queued (MSG_PEEK) and hands proxy.parse what was read before plus what
+is peeked.  While the header is incomplete, every byte seen is header, so
+those bytes are read off the socket (kept in `got`): the selector is
+level-triggered, and bytes left queued would wake the loop again at once,
+for as long as a slow client takes.  Once the header is whole, exactly its
+remaining bytes are read and the connection goes on to the usual checks
+with the client the header names.  The payload behind the header, even in
+the same segment, stays in the socket for the handler.
 
 Rule 1: a pending connection ends in exactly one of three ways: its header
 arrives (on_header), it fails or times out (on_refused), or it is evicted
@@ -27,7 +31,7 @@ MIN_PENDING = 64          # per service; at least `instances`
 
 
 class Pending:
-    __slots__ = ("sock", "state", "listener", "peer", "timer")
+    __slots__ = ("sock", "state", "listener", "peer", "timer", "got")
 
     def __init__(self, sock, state, listener, peer):
         self.sock = sock
@@ -35,6 +39,7 @@ class Pending:
         self.listener = listener
         self.peer = peer
         self.timer = None
+        self.got = b""                   # the start of the header, already read
 
 
 class ProxyReader:
@@ -64,23 +69,29 @@ class ProxyReader:
         if fd < 0 or fd not in self.waiting.get(entry.state.name, ()):
             return
         try:
-            data = entry.sock.recv(proxy.MAX_HEADER, socket.MSG_PEEK)
+            data = entry.sock.recv(proxy.MAX_HEADER - len(entry.got), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
             return self._finish(entry, "proxy-error", err.strerror or str(err))
         if not data:
             return self._finish(entry, "proxy-closed", "closed before a complete header")
+        seen = entry.got + data
         try:
-            header = proxy.parse(data, entry.state.service.proxy_protocol)
+            header = proxy.parse(seen, entry.state.service.proxy_protocol)
         except proxy.ProxyError as err:
             return self._finish(entry, "proxy-malformed", str(err))
         if header is None:
-            if len(data) >= proxy.MAX_HEADER:
-                self._finish(entry, "proxy-malformed", "header too long")
+            if len(seen) >= proxy.MAX_HEADER:
+                return self._finish(entry, "proxy-malformed", "header too long")
+            try:
+                _consume(entry.sock, len(data))     # all header: see the module doc
+            except OSError as err:
+                return self._finish(entry, "proxy-error", err.strerror or str(err))
+            entry.got = seen
             return
         try:
-            _consume(entry.sock, header.length)
+            _consume(entry.sock, header.length - len(entry.got))
         except OSError as err:
             return self._finish(entry, "proxy-error", err.strerror or str(err))
         self._forget(entry)

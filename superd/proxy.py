@@ -8,7 +8,9 @@ caller consumes those and not one byte of the payload behind them.
 
 Decisions: LOCAL (v2), UNKNOWN (v1) and the UNSPEC and UNIX families carry
 no client IP; for them the connection's own addresses stand.  TLVs (v2) are
-skipped.  A header longer than MAX_HEADER is refused.
+skipped.  A header longer than MAX_HEADER is refused.  An IPv4-mapped IPv6
+address (::ffff:a.b.c.d) is reported as the IPv4 address, as superd reports
+such a client on a dual-stack listener.
 """
 
 import ipaddress
@@ -72,7 +74,12 @@ def _ip(raw, version):
         raise ProxyError("bad address in v1 header") from None
     if ip.version != version:
         raise ProxyError("address family does not match in v1 header")
-    return str(ip)
+    return _text(ip)
+
+
+def _text(ip):
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def _port(raw):
@@ -111,4 +118,4 @@ def _parse_v2(data):
         return Header(16 + length, 2)
     src, dst, sport, dport = struct.unpack(fmt, data[16:16 + need])
     make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    return Header(16 + length, 2, (str(make(src)), sport), (str(make(dst)), dport))
+    return Header(16 + length, 2, (_text(make(src)), sport), (_text(make(dst)), dport))

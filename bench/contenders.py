@@ -300,6 +300,19 @@ def kinds(with_superd=True, only=""):
     return chosen
 
 
+def wait_for_quiet(limit=0.10, patience=30.0):
+    """Before a run: wait (at most `patience` s) until the machine is nearly idle.
+
+    Other jobs on a shared machine come in bursts; a run that starts in one is
+    skewed.  Returns the busy share of the last 0.5 s sample.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        busy = psutil.cpu_percent(interval=0.5) / 100
+        if busy <= limit or time.monotonic() >= deadline:
+            return busy
+
+
 def _busy(t):
     """CPU seconds the machine spent in tasks (interrupt time left out)."""
     return t.user + t.nice + t.system + getattr(t, "steal", 0.0)

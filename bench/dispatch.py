@@ -48,8 +48,8 @@ MODES = {     # name -> (CPUs for the servers, None: all; CPUs for connload; con
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-r", "--rounds", type=int, default=5)
-    p.add_argument("-d", "--duration", type=float, default=4.0, help="seconds per run")
+    p.add_argument("-r", "--rounds", type=int, default=7)
+    p.add_argument("-d", "--duration", type=float, default=3.0, help="seconds per run")
     p.add_argument("-n", "--maxconn", type=int, default=200_000,
                    help="connections per run, at most")
     p.add_argument("-c", "--concurrency", type=int, default=16)
@@ -57,6 +57,9 @@ def parse_args():
                    help="seconds of unrecorded load per contender first")
     p.add_argument("--modes", default="spread,one-core,serial",
                    help=f"comma-separated, from: {', '.join(MODES)}")
+    p.add_argument("--patience", type=float, default=30.0,
+                   help="seconds to wait before each run for the machine to fall quiet "
+                   "(below 10%% busy); 0 to start at once")
     p.add_argument("--only", default="", help="comma-separated contender names")
     p.add_argument("--without-superd", action="store_true",
                    help="the peers only (superd is included when .venv/bin/superd runs)")
@@ -84,8 +87,10 @@ def measure(servers, args):
             server_cpus, load_cpus, concurrency = MODES[mode]
             for c in servers:
                 c.pin(server_cpus)
+                before = cs.wait_for_quiet(patience=args.patience) if args.patience else None
                 res = cs.load(c, concurrency or args.concurrency, args.duration, args.maxconn,
                               load_cpus)
+                res["busy_before"] = before
                 runs[mode][c.name].append(res)
                 errs = f" {json.dumps(res['errors'])}" if res["errors"] else ""
                 cs.log(f"round {rnd} {mode:8} {c.name:24} {res['conn_per_s']:6.0f} conn/s  "
@@ -119,10 +124,11 @@ def summarise(runs):
                 "children_cpu_us": med([r["children_cpu_us_per_conn"] for r in rs]),
                 "foreign_cpu": med([r["foreign_cpu"] for r in rs]),
             }
-        for ref in ("tcpserver", "xinetd"):
-            for row in s.values():
-                row[f"vs_{ref}"] = (row["conn_per_s"] / s[ref]["conn_per_s"]
-                                    if ref in s else float("nan"))
+        for ref in ("tcpserver", "xinetd"):      # paired: the runs of one round
+            for name, row in s.items():
+                row[f"vs_{ref}"] = (med([a["conn_per_s"] / b["conn_per_s"]
+                                         for a, b in zip(by_name[name], by_name[ref])])
+                                    if ref in by_name else float("nan"))
     return summary
 
 
@@ -151,7 +157,8 @@ def markdown(summary, meta, servers):
             "process alone, not its handlers, per completed connection; foreign CPU: share "
             "of the machine's task time used by neither the contender, its handlers nor "
             "connload (other jobs on the machine: distrust a row where it is high).  "
-            "Medians of the rounds; ratios are of medians."]
+            "Medians of the rounds; a ratio is the median of the per-round ratios "
+            "(each against the run of the same round, seconds apart)."]
     return "\n".join(out) + "\n"
 
 
@@ -233,9 +240,16 @@ def main():
         for c in servers:
             c.start()
             cs.log(f"{c.name}: pid {c.proc.pid}, 127.0.0.1:{c.port}, logs in {c.dir}")
+        time.sleep(0.5)       # settled after start-up
+        at_start = {c.name: c.health() for c in servers}
         runs = measure(servers, args)
         time.sleep(0.5)       # the last handlers exit and are reaped
         health = {c.name: c.health() for c in servers}
+        for c in servers:
+            health[c.name]["rss_mb_at_start"] = at_start[c.name]["rss_mb"]
+            health[c.name]["fds_at_start"] = at_start[c.name]["fds"]
+            health[c.name]["connections"] = sum(r["completed"] for m in runs.values()
+                                                for r in m[c.name])
     finally:
         for c in servers:
             c.stop()

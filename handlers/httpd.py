@@ -58,7 +58,7 @@ from _struct import pack
 VERSION = "0.1.0"
 SERVER = "superd-httpd/" + VERSION
 
-EX_USAGE, EX_NOINPUT, EX_OSERR, EX_CONFIG = 64, 66, 71, 78
+EX_USAGE, EX_OSERR, EX_CONFIG = 64, 71, 78      # sysexits.h
 
 
 # =========================================================================
@@ -110,8 +110,11 @@ OPTIONS = (
      "FILE: append the access log and diagnostics to FILE instead of stderr"),
     ("--idle-exit", "idle_exit", _seconds, 0.0,
      "SECONDS: accepting for itself, exit after this long without a client (0: never)"),
+    ("--workers", "workers", _count, None,
+     "N: accepting for itself, in N processes, each with its threads "
+     "(default: one per CPU, at most 4)"),
     ("--max-connections", "max_connections", _count, 256,
-     "N: accepting for itself, serve at most N clients at once"),
+     "N: accepting for itself, serve at most N clients at once (per worker)"),
     ("--keepalive-timeout", "keepalive_timeout", _seconds, 5.0,
      "SECONDS: close an idle persistent connection after this long (0: no keep-alive)"),
     ("--header-timeout", "header_timeout", _seconds, 10.0,
@@ -188,7 +191,7 @@ def usage():
     for flag, _attr, kind, default, text in OPTIONS:
         meta, _, text = text.partition(": ") if kind is not None else ("", "", text)
         shown = f"{flag} {meta}" if meta else flag
-        extra = f" (default {default})" if kind not in (None, _text) else ""
+        extra = f" (default {default})" if kind not in (None, _text) and default else ""
         lines.append(f"  {shown:<28} {text}{extra}")
     return "\n".join(lines) + "\n"
 
@@ -456,7 +459,8 @@ def split_target(request):
         scheme, sep, rest = target.partition("://")
         if not sep or scheme.lower() not in ("http", "https"):
             raise HttpError(400, "unsupported request target")
-        authority, slash, rest = rest.partition("/")
+        cut = min((rest.find(c) for c in "/?" if c in rest), default=len(rest))
+        authority, rest = rest[:cut], rest[cut:].lstrip("/")
         if not authority or authority.encode().translate(None, HOST_CHARS):
             raise HttpError(400, "malformed authority")
         request.host = authority
@@ -533,7 +537,10 @@ def compile_glob(pattern):
 
 
 def glob_match(tokens, text, start=0):
-    """Whether text[start:] matches the tokens of compile_glob."""
+    """Whether text[start:] matches the tokens of compile_glob.
+
+    A star followed by nothing or by plain text (/cgi-bin/*, **.cgi) is
+    decided without backtracking, so a long hostile path costs linear time."""
     for n, token in enumerate(tokens):
         if token == "?":
             if start >= len(text) or text[start] == "/":
@@ -543,6 +550,10 @@ def glob_match(tokens, text, start=0):
             rest = tokens[n + 1:]
             end = len(text) if token == "**" else text.find("/", start)
             end = len(text) if end < 0 else end
+            if not rest or (len(rest) == 1 and rest[0] not in ("*", "**", "?")):
+                tail = rest[0] if rest else ""
+                return (end == len(text) and text.endswith(tail)
+                        and len(text) - len(tail) >= start)
             return any(glob_match(rest, text, k) for k in range(start, end + 1))
         elif text.startswith(token, start):
             start += len(token)
@@ -796,6 +807,9 @@ def html_escape(text):
 def log_escape(text, limit=2048):
     """Escape peer-controlled text for one log line: quotes, backslashes and
     anything unprintable become \\xHH."""
+    text = text[:limit]
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
     out = []
     for ch in text[:limit]:
         o = ord(ch)
@@ -1306,8 +1320,9 @@ def find_script(settings, segments):
     path inside a matching folder that names no program is refused (404 or
     403), so nothing under /cgi-bin/ is ever served as a plain file."""
     matched = False
+    prefix = ""
     for i in range(1, len(segments) + 1):
-        prefix = "/" + "/".join(segments[:i])
+        prefix += "/" + segments[i - 1]
         if not any(glob_match(tokens, prefix) for tokens in settings.cgi_globs):
             continue
         matched = True
@@ -1943,70 +1958,121 @@ def serve_one(sock, settings, log):
     serve_connection(conn)
 
 
-def serve_listeners(listeners, settings, log):
-    """Accept for ourselves: one thread per client, at most --max-connections
-    at once (beyond that, clients wait in the kernel's backlog), and return
-    after --idle-exit seconds without any.  The listeners are made
-    non-blocking while we own them and blocking again when we leave."""
-    import threading
-    threading.stack_size(512 << 10)
-    state = threading.Condition()
-    counts = {"active": 0, "last": time.monotonic()}
-    by_fd = {sock.fileno(): sock for sock in listeners}
-    poller = select.poll()
-    for sock in listeners:
-        sock.setblocking(False)
-        poller.register(sock.fileno(), POLLIN)
+class Acceptor:
+    """Accept for ourselves (inetd wait, systemd Accept=no): one thread per
+    client, at most --max-connections at once (beyond that, clients wait in
+    the kernel's backlog), until --idle-exit seconds pass without a client or
+    the parent worker goes away (its pipe, `parent`, reaches EOF)."""
 
-    def client(sock, address):
+    def __init__(self, listeners, settings, log, parent=None):
+        import threading
+        threading.stack_size(512 << 10)
+        self.threading = threading
+        self.listeners = {sock.fileno(): sock for sock in listeners}
+        self.settings = settings
+        self.log = log
+        self.parent = parent
+        self.state = threading.Condition()
+        self.active = 0
+        self.last = time.monotonic()     # when the last client left
+
+    def run(self):
+        poller = select.poll()
+        for fd in self.listeners:
+            poller.register(fd, POLLIN)
+        if self.parent is not None:
+            poller.register(self.parent, POLLIN)
+        while True:
+            timeout = self.wait_for_room()
+            if timeout is None:
+                return
+            for fd, _event in poller.poll(timeout):
+                if fd == self.parent:
+                    return
+                self.accept(self.listeners[fd])
+
+    def wait_for_room(self):
+        """Block while at --max-connections; then the poll timeout in ms
+        (-1: none), or None when idle long enough to leave."""
+        settings = self.settings
+        with self.state:
+            while self.active >= settings.max_connections:
+                self.state.wait()
+            if not settings.idle_exit:
+                return -1
+            left = settings.idle_exit
+            if self.active == 0:
+                left = self.last + settings.idle_exit - time.monotonic()
+                if left <= 0:
+                    return None
+            return int(left * 1000) + 1
+
+    def accept(self, listener):
+        try:
+            fd, address = listener._accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return                       # another worker took it, or it left
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            self.log.diag("accept: %s; pausing until a client leaves" % exc.strerror)
+            with self.state:
+                self.state.wait(1.0)
+            return
+        sock = _socket.socket(listener.family, listener.type, 0, fd)
+        with self.state:
+            self.active += 1
+        self.threading.Thread(target=self.client, args=(sock, address), daemon=True).start()
+
+    def client(self, sock, address):
         try:
             host, port = endpoint(address)
             local, local_port = endpoint(sock.getsockname())
-            serve_connection(Connection(sock, host, port, local, local_port, settings, log))
+            serve_connection(Connection(sock, host, port, local, local_port,
+                                        self.settings, self.log))
         except Exception as exc:
-            log.diag("connection failed: %r" % exc)
+            self.log.diag("connection failed: %r" % exc)
         finally:
-            with state:
-                counts["active"] -= 1
-                counts["last"] = time.monotonic()
-                state.notify_all()
+            with self.state:
+                self.active -= 1
+                self.last = time.monotonic()
+                self.state.notify_all()
 
+
+def serve_listeners(listeners, settings, log):
+    """Accept for ourselves in --workers processes, each with its threads.
+
+    The extra workers are forked before any thread exists; each leaves when
+    idle, or when this process dies (the pipe they watch reaches EOF).  This
+    process leaves last, after its workers, so a launcher that watches it
+    never sees the socket in use by an orphan.  The listeners are
+    non-blocking while we own them, blocking again when we leave."""
+    for sock in listeners:
+        sock.setblocking(False)
+    workers = []
     try:
-        while True:
-            with state:
-                while counts["active"] >= settings.max_connections:
-                    state.wait()
-                timeout = -1
-                if settings.idle_exit:
-                    left = settings.idle_exit
-                    if counts["active"] == 0:
-                        left = counts["last"] + settings.idle_exit - time.monotonic()
-                        if left <= 0:
-                            return 0
-                    timeout = int(left * 1000) + 1
-            for fd, _event in poller.poll(timeout):
-                listener = by_fd[fd]
-                try:
-                    cfd, address = listener._accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue
-                except OSError as exc:
-                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        raise
-                    log.diag("accept: %s; pausing until a client leaves" % exc.strerror)
-                    with state:
-                        state.wait(1.0)
-                    continue
-                sock = _socket.socket(listener.family, listener.type, 0, cfd)
-                with state:
-                    counts["active"] += 1
-                threading.Thread(target=client, args=(sock, address), daemon=True).start()
+        if settings.workers > 1:
+            alive_r, alive_w = os.pipe()
+            for _ in range(settings.workers - 1):
+                pid = os.fork()
+                if pid == 0:
+                    os.close(alive_w)
+                    try:
+                        Acceptor(listeners, settings, log, parent=alive_r).run()
+                    finally:
+                        os._exit(0)
+                workers.append(pid)
+            os.close(alive_r)
+        Acceptor(listeners, settings, log).run()
+        for pid in workers:
+            os.waitpid(pid, 0)
     finally:
         for sock in listeners:
             try:
                 sock.setblocking(True)
             except OSError:
                 pass
+    return 0
 
 
 def bind(address):
@@ -2041,6 +2107,8 @@ def main(argv=None):
         sys.stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
         return EX_CONFIG
     settings.cgi_globs = tuple(compile_glob(p) for p in settings.cgi)
+    if settings.workers is None:
+        settings.workers = min(len(os.sched_getaffinity(0)), 4)
     try:
         log = Log.open(settings)
     except OSError as exc:

@@ -144,7 +144,7 @@ def test_systemd_accept_no(procs, site):
     after --idle-exit and gives the listener back in blocking mode."""
     listener = listening_socket()
     port = listener.getsockname()[1]
-    proc, log = socket_activate(procs, listener, [], handler_argv(site, "--idle-exit", "1"))
+    proc, log = socket_activate(procs, listener, [], handler_argv(site, "--idle-exit", "1", "--workers", "1"))
     check_site(port)
     # a slow CGI answer does not hold up another client
     slow = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -168,7 +168,7 @@ def test_systemd_accept_no(procs, site):
 def test_max_connections_leaves_clients_in_the_backlog(procs, site):
     listener = listening_socket()
     port = listener.getsockname()[1]
-    socket_activate(procs, listener, [], handler_argv(site, "--max-connections", "1"))
+    socket_activate(procs, listener, [], handler_argv(site, "--max-connections", "1", "--workers", "1"))
     listener.close()
     first = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     first.sendall(request("/alpha.txt"))
@@ -202,6 +202,38 @@ def test_listening_socket_on_stdin(procs, site):
     assert log.text().count('"GET ') == 4
     assert os.get_blocking(listener.fileno())
     listener.close()
+
+
+def worker_processes(pid):
+    return [c for c in psutil.Process(pid).children() if str(HANDLER) in c.cmdline()]
+
+
+def test_workers_share_the_listener_and_leave_together(procs, site):
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc = procs(handler_argv(site, "--workers", "3", "--idle-exit", "0.5", "--quiet"),
+                 stdin=listener, stdout=listener)
+    pids = {handler_pid(port) for _ in range(20)}    # answered: the workers exist
+    workers = worker_processes(proc.pid)
+    assert len(workers) == 2
+    assert pids <= {proc.pid} | {w.pid for w in workers}
+    assert proc.wait(TIMEOUT) == 0           # all idle: the workers left first
+    for worker in workers:
+        assert pid_exits(worker.pid)
+    assert os.get_blocking(listener.fileno())
+    listener.close()
+
+
+def test_workers_leave_when_their_parent_dies(procs, site):
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc = procs(handler_argv(site, "--workers", "2", "--quiet"), stdin=listener, stdout=listener)
+    listener.close()
+    handler_pid(port)                        # answered: the worker exists
+    workers = worker_processes(proc.pid)
+    assert len(workers) == 1
+    proc.kill()                              # the parent only, not the group
+    assert pid_exits(workers[0].pid)
 
 
 def test_listen_option(procs, site):
@@ -277,7 +309,7 @@ def test_xinetd_nowait(procs, tmp_path, site):
 def test_xinetd_wait(procs, tmp_path, site):
     """wait = yes: one handler accepts for itself until --idle-exit, and
     xinetd starts a fresh one for the next client."""
-    proc, port, access = xinetd(procs, tmp_path, site, "yes", extra="--idle-exit 0.5")
+    proc, port, access = xinetd(procs, tmp_path, site, "yes", extra="--idle-exit 0.5 --workers 1")
     check_site(port)
     first = handler_pid(port)
     assert handler_pid(port) == first          # the same process accepts again

@@ -328,3 +328,40 @@ def test_log_option_writes_a_file(handler, site, tmp_path):
     h.sock.shutdown(socket.SHUT_WR)
     assert h.exit_status() == 0
     assert CLF.match(logfile.read_text().splitlines()[0])
+
+
+# -- start-up cost: what one connection imports (a behaviour, not a timing) --
+
+HEAVY = {"socket", "selectors", "enum", "threading", "argparse", "subprocess", "re",
+         "random", "struct", "signal", "email", "mimetypes", "traceback", "urllib", "html",
+         "tempfile", "shutil"}
+
+
+@pytest.mark.parametrize("path", ["/alpha.txt", "/cgi-bin/env.sh", "/nothing"])
+def test_one_connection_imports_nothing_heavy(site, tmp_path, path):
+    """-X importtime of a handler that answers one request: only built-in
+    modules beyond what the interpreter itself loads."""
+    import subprocess
+    import sys
+    from test_httpd_support import HANDLER
+    ours, theirs = socket.socketpair()
+    ours.settimeout(TIMEOUT)
+    log = tmp_path / "importtime"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-S", "-X", "importtime", HANDLER,
+                                 "--root", site, "--quiet"],
+                                stdin=theirs, stdout=theirs, stderr=err, start_new_session=True)
+    theirs.close()
+    try:
+        ours.sendall(request(path, headers=[("Connection", "close")]))
+        while ours.recv(65536):
+            pass
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        ours.close()
+        proc.kill()
+        proc.wait()
+    modules = {line.rsplit("|", 1)[1].strip() for line in log.read_text().splitlines()
+               if line.startswith("import time:") and "|" in line}
+    assert "_socket" in modules
+    assert not {m.split(".")[0] for m in modules} & HEAVY, modules & HEAVY

@@ -44,7 +44,7 @@ services:
     listen: 127.0.0.1:0
     mode: wait
     server: {python}
-    args: [{handlers}/httpd.py, --root, "{tmp}/www", --idle-exit, "0.5"]
+    args: [{handlers}/httpd.py, --root, "{tmp}/www", --idle-exit, "0.5", --workers, "1"]
     stderr: log
 """
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from superd import values, yamlfile
 from superd.handlers_path import INTERNAL, internal_argv
+from superd.preload import is_python_program
 
 DEFAULT_INSTANCES = 200
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -74,6 +75,7 @@ class Service:
     proxy_protocol: str = "none"   # none | v1 | v2 | any
     proxy_from: tuple = ()    # who may send a PROXY header (ip_network objects)
     proxy_timeout: float = 10.0
+    preload: bool = False     # Python handlers: fork a warm interpreter instead of exec
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,11 @@ SERVICE_KEYS = {
     "args": values.string_list,
     "env": values.env_mapping,
     "passenv": values.env_names,
-    "user": values.string,
-    "group": values.string,
+    "user": values.name_or_id,
+    "group": values.name_or_id,
     "workdir": values.string,
     "instances": values.positive_int,
-    "timeout": values.duration,
+    "timeout": values.seconds_or_zero,
     "stderr": values.stderr_target,
     "enabled": values.boolean,
     "only_from": values.network_list,
@@ -114,6 +116,7 @@ SERVICE_KEYS = {
     "proxy_protocol": values.choice("none", "v1", "v2", "any"),
     "proxy_from": values.network_list,
     "proxy_timeout": values.duration,
+    "preload": values.boolean,
 }
 # Keys that only make sense where superd sees each connection.
 NOWAIT_ONLY = ("only_from", "no_access", "per_source", "per_source_v6_prefix",
@@ -147,7 +150,8 @@ def load(path, environ=None):
     services = _top_level(tree, found, path.parent, os.environ if environ is None else environ)
     _check_addresses(services, found)
     if found.problems:
-        raise ConfigError(found.problems)
+        # an error in defaults is found once per service that inherits it
+        raise ConfigError(dict.fromkeys(found.problems))
     return Config(str(path), tuple(services))
 
 
@@ -174,6 +178,13 @@ def _top_level(tree, found, folder, environ):
         return []
     services = []
     for name, settings in table.items():
+        if not values.is_service_name(name):
+            why = ("a service name is letters, digits, '.', '_' and '-' (it becomes "
+                   "SUPERD_SERVICE and LISTEN_FDNAMES)")
+            if not isinstance(name, str):
+                why = f"YAML reads this name as {name!r}, not text: quote it"
+            found.add(table.lines[name], f"services.{name}", why)
+            continue
         service = _service(str(name), table.lines[name], settings, defaults, found, folder, environ)
         if service is not None:
             services.append(service)
@@ -236,7 +247,8 @@ def _resolve(name, line, merged, found, folder, environ):
         per_source_rate=get.get("per_source_rate"), rate=get.get("rate"),
         max_load=get.get("max_load"), rlimits=get.get("rlimits", ()),
         proxy_protocol=get.get("proxy_protocol", "none"),
-        proxy_from=get.get("proxy_from", ()), proxy_timeout=get.get("proxy_timeout", 10.0))
+        proxy_from=get.get("proxy_from", ()), proxy_timeout=get.get("proxy_timeout", 10.0),
+        preload=get.get("preload", False))
 
 
 def _protection_rules(get, where, mode, protocol, found):
@@ -264,6 +276,8 @@ def _argv(get, where, line, key, found, folder):
         found.add(*where["server"], f"no such program: {program}")
     elif not os.access(program, os.X_OK):
         found.add(*where["server"], f"not executable: {program}")
+    elif get.get("preload") and not is_python_program(program):
+        found.add(*where["preload"], f"preload needs a Python handler; {program} is not one")
     return (os.path.normpath(program),) + args
 
 
@@ -285,7 +299,9 @@ def _credentials(get, where, found):
                 groups = (gid,)
         except KeyError:
             found.add(*where["group"], f"no such group: {get['group']!r}")
-    if os.geteuid() != 0 and (uid not in (-1, os.geteuid()) or gid not in (-1, os.getegid())):
+    if os.geteuid() != 0:
+        if uid in (-1, os.geteuid()) and gid in (-1, os.getegid()):
+            return -1, -1, ()          # already that user: nothing to switch
         line, key = where.get("user") or where["group"]
         found.add(line, key, "switching user or group needs superd to run as root")
     return uid, gid, groups
@@ -323,20 +339,40 @@ def _absolute_unix(address, folder):
 
 
 def _check_addresses(services, found):
-    """Two enabled services may not share an address (port 0 excepted)."""
-    seen = {}
+    """Two enabled services may not share an address (port 0 excepted).
+
+    Overlaps count too: a bare PORT (every address, both families) or
+    0.0.0.0:PORT / [::]:PORT collide with any address of their family on that port.
+    """
+    seen = []
     for service in services:
         if not service.enabled:
             continue
         for address in service.listen:
             if address.kind == "inet" and address.port == 0:
                 continue
-            ident = (service.protocol if address.kind == "inet" else "unix", address.text)
-            if ident in seen:
-                found.add(service.line, f"services.{service.name}.listen",
-                          f"{address.text} is already used by service {seen[ident]!r}")
+            for other, owner, protocol in seen:
+                if protocol == service.protocol and _overlap(address, other):
+                    found.add(service.line, f"services.{service.name}.listen",
+                              f"{address.text} overlaps {other.text} of service {owner!r}")
+                    break
             else:
-                seen[ident] = service.name
+                seen.append((address, service.name, service.protocol))
+
+
+def _overlap(a, b):
+    if a.kind != b.kind:
+        return False
+    if a.kind == "unix":
+        return a.path == b.path
+    if a.port != b.port:
+        return False
+    families = {"": {4, 6}, "0.0.0.0": {4}, "::": {6}}
+    fa = families.get(a.host, {6 if a.is_v6 else 4})
+    fb = families.get(b.host, {6 if b.is_v6 else 4})
+    if not fa & fb:
+        return False
+    return a.host == b.host or a.host in families or b.host in families
 
 
 def default_path(environ=None, cwd=None):

@@ -159,7 +159,7 @@ class Guard:
     when the handler admitted ends (it frees the per-source slot).
     """
 
-    def __init__(self, service):
+    def __init__(self, service, previous=None):
         self.access = AccessList(service.only_from, service.no_access)
         self.v6_prefix = service.v6_prefix
         self.concurrency = Concurrency(service.per_source) if service.per_source else None
@@ -171,6 +171,18 @@ class Guard:
         self.max_load = service.max_load
         # True when some rule needs the client's address: the hot path skips it otherwise
         self.checks_clients = bool(self.access or self.concurrency or self.source_rate)
+        if previous is not None:
+            self._inherit(previous)
+
+    def _inherit(self, old):
+        """A reload keeps what the running handlers and recent starts count for."""
+        if self.concurrency and old.concurrency:
+            self.concurrency.alive = old.concurrency.alive   # shared: old releases count
+        if self.source_rate and old.source_rate and old.source_rate.limit == self.source_rate.limit:
+            self.source_rate.seen = old.source_rate.seen
+        if self.rate and old.rate and old.rate.limit == self.rate.limit:
+            self.rate.starts = old.rate.starts
+        self.failures = old.failures
 
     def admit(self, ip, now):
         reason = self.access.refusal(ip)

@@ -57,7 +57,7 @@ class ProxyReader:
         queue = self.waiting.setdefault(state.name, OrderedDict())
         if len(queue) >= max(MIN_PENDING, state.service.instances):
             _, oldest = queue.popitem(last=False)
-            self._drop(oldest, "proxy-evicted", "too many connections waiting for a header")
+            self._drop(oldest, "proxy_evicted", "too many connections waiting for a header")
         queue[fd] = entry
         entry.timer = self.timers.at(time.monotonic() + state.service.proxy_timeout,
                                      partial(self._expired, entry))
@@ -73,34 +73,34 @@ class ProxyReader:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            return self._finish(entry, "proxy-error", err.strerror or str(err))
+            return self._finish(entry, "proxy_error", err.strerror or str(err))
         if not data:
-            return self._finish(entry, "proxy-closed", "closed before a complete header")
+            return self._finish(entry, "proxy_closed", "closed before a complete header")
         seen = entry.got + data
         try:
             header = proxy.parse(seen, entry.state.service.proxy_protocol)
         except proxy.ProxyError as err:
-            return self._finish(entry, "proxy-malformed", str(err))
+            return self._finish(entry, "proxy_malformed", str(err))
         if header is None:
             if len(seen) >= proxy.MAX_HEADER:
-                return self._finish(entry, "proxy-malformed", "header too long")
+                return self._finish(entry, "proxy_malformed", "header too long")
             try:
                 _consume(entry.sock, len(data))     # all header: see the module doc
             except OSError as err:
-                return self._finish(entry, "proxy-error", err.strerror or str(err))
+                return self._finish(entry, "proxy_error", err.strerror or str(err))
             entry.got = seen
             return
         try:
             _consume(entry.sock, header.length - len(entry.got))
         except OSError as err:
-            return self._finish(entry, "proxy-error", err.strerror or str(err))
+            return self._finish(entry, "proxy_error", err.strerror or str(err))
         self._forget(entry)
         entry.sock.setblocking(True)     # handlers get a blocking socket
         self.on_header(entry.state, entry.listener, entry.sock.detach(), entry.peer, header)
 
     def _expired(self, entry):
         if entry.sock.fileno() >= 0:
-            self._finish(entry, "proxy-timeout",
+            self._finish(entry, "proxy_timeout",
                          f"no complete header within {entry.state.service.proxy_timeout:g} s")
 
     def _finish(self, entry, reason, detail):

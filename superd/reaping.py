@@ -9,6 +9,8 @@ import signal
 
 
 def decode(status):
+    if status is None:
+        return {"status": "lost"}
     if os.WIFSIGNALED(status):
         fields = {"signal": signal_name(os.WTERMSIG(status))}
         if os.WCOREDUMP(status):

@@ -90,36 +90,41 @@ def _prlimit(service):
 
 
 class Spawner:
-    """Starts handlers.  Holds /dev/null and the current working directory."""
+    """Starts handlers.  Holds /dev/null open for `stderr: null`."""
 
     def __init__(self):
         self._devnull = None
-        self._cwd = None
 
-    def start(self, recipe, sock_fd, extra_env, wait_mode=False):
-        """posix_spawn one handler on sock_fd; returns (pid, stderr read fd or None).
+    def start(self, recipe, sock_fd, extra_env, wait_mode=False, warm=None):
+        """Start one handler on sock_fd; returns (pid, stderr read fd or None).
 
-        Raises OSError (EAGAIN: out of processes; ENOENT/EACCES: the program).
+        With warm (a preload.WarmInterpreter), the warm interpreter forks it;
+        that raises preload.WarmUnavailable, and nothing is left open then.
+        Otherwise posix_spawn: raises OSError (EAGAIN: out of processes;
+        ENOENT/EACCES: the program).
         """
         env = dict(recipe.env)
         env.update(extra_env)
         actions = [(os.POSIX_SPAWN_DUP2, sock_fd, 0), (os.POSIX_SPAWN_DUP2, sock_fd, 1)]
         if wait_mode:
             actions.append((os.POSIX_SPAWN_DUP2, sock_fd, 3))
-        err_read = None
+        err_read = err_child = None
         if recipe.stderr == "log":
             err_read, err_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(err_write, True)
-            actions.append((os.POSIX_SPAWN_DUP2, err_write, 2))
+            err_child = err_write
         elif recipe.stderr == "null":
-            actions.append((os.POSIX_SPAWN_DUP2, self.devnull(), 2))
-        if self._cwd != recipe.workdir:
-            os.chdir(recipe.workdir)
-            self._cwd = recipe.workdir
+            err_child = self.devnull()
+        if err_child is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, err_child, 2))
         try:
-            pid = os.posix_spawn(recipe.path, recipe.argv, env, file_actions=actions,
-                                 setsid=True, setsigmask=(), setsigdef=_SIGDEF)
-        except OSError:
+            if warm is not None:
+                pid = warm.fork(sock_fd, env, err_child, wait_mode, recipe.stderr)
+            else:
+                self._chdir(recipe.workdir)
+                pid = os.posix_spawn(recipe.path, recipe.argv, env, file_actions=actions,
+                                     setsid=True, setsigmask=(), setsigdef=_SIGDEF)
+        except BaseException:
             if err_read is not None:
                 os.close(err_read)
             raise
@@ -127,6 +132,22 @@ class Spawner:
             if err_read is not None:
                 os.close(err_write)
         return pid, err_read
+
+    def start_program(self, path, argv, control_fd, workdir):
+        """posix_spawn a helper of superd's own (the preload fork server).
+
+        fd 3 is control_fd, fds 0 and 1 /dev/null, fd 2 superd's stderr.
+        """
+        self._chdir(workdir)
+        actions = [(os.POSIX_SPAWN_DUP2, self.devnull(), 0), (os.POSIX_SPAWN_DUP2, self.devnull(), 1),
+                   (os.POSIX_SPAWN_DUP2, control_fd, 3)]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
+                              setsigmask=(), setsigdef=_SIGDEF)
+
+    @staticmethod
+    def _chdir(workdir):
+        os.chdir(workdir)     # every time: a folder may be replaced while superd runs
 
     def devnull(self):
         if self._devnull is None:

@@ -31,7 +31,7 @@ from collections import deque
 from superd import config as configuration
 from superd import limits
 from superd import listeners as sockets
-from superd import reaping, spawn, systemd
+from superd import preload, reaping, spawn, systemd
 from superd.pending import ProxyReader
 from superd.status import Counters
 from superd.timers import Timers
@@ -70,7 +70,7 @@ class Child:
     """One running handler."""
 
     __slots__ = ("pid", "state", "client", "started", "timer", "listener", "timed_out",
-                 "release")
+                 "release", "timeout")
 
     def __init__(self, pid, state, client, started, listener=None, release=None):
         self.pid = pid
@@ -81,6 +81,7 @@ class Child:
         self.listener = listener      # wait mode: the listener it owns
         self.timed_out = False
         self.release = release        # frees its per-source slot when it ends
+        self.timeout = 0.0            # its service's timeout when it started
 
 
 class Supervisor:
@@ -105,6 +106,8 @@ class Supervisor:
                                    self._on_proxy_refused)
         self.load_timer = None
         self.load_reader = _load_reader()
+        self.warm = preload.WarmPool(self.selector, self.timers, self.spawner, self.log,
+                                     self._finish_pid, time.monotonic)
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -121,6 +124,8 @@ class Supervisor:
         self.listeners, _ = sockets.reconcile(adopted, config.enabled)
         self._install(config, recipes)
         self._signals()
+        preload.become_subreaper()
+        self.warm.configure(config.enabled)
         for state in self.states.values():
             self._sync(state)
         self.log.info("started", pid=os.getpid(), config=self.config_path,
@@ -133,9 +138,9 @@ class Supervisor:
         for service in config.enabled:
             state = self.states.get(service.name) or ServiceState(service, recipes[service.name])
             state.service, state.recipe = service, recipes[service.name]
-            state.guard = limits.Guard(service)
-            if service.max_load is None:
-                state.holds.pop("load", None)
+            state.guard = limits.Guard(service, previous=state.guard)
+            if service.max_load is None and "load" in state.holds:
+                self._lift(state, "load")
             keys = dict.fromkeys(sockets.identity(service.name, a, service.protocol)
                                  for a in service.listen)
             state.listeners = [self.listeners[k] for k in keys]
@@ -155,6 +160,13 @@ class Supervisor:
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
 
     def _announce(self):
+        try:
+            self._write_ready_file()
+        except OSError as err:
+            self.log.error("ready-file-failed", path=self.ready_file, error=_errname(err))
+        systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
+
+    def _write_ready_file(self):
         if self.ready_file:
             ready = {"pid": os.getpid(),
                      "services": {n: [l.text for l in s.listeners] for n, s in self.states.items()}}
@@ -162,7 +174,6 @@ class Supervisor:
             with open(tmp, "w") as f:
                 json.dump(ready, f)
             os.replace(tmp, self.ready_file)
-        systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
 
     # -- the loop ------------------------------------------------------------
     def run(self):
@@ -209,8 +220,8 @@ class Supervisor:
     def _accept(self, state, listener):
         limit = state.service.instances
         for _ in range(ACCEPT_BATCH):
-            if state.running >= limit:
-                break
+            if state.running >= limit or listener not in self.watched:
+                break                         # full, or a start just paused it
             try:
                 # _accept() gives (fd, address) without building a socket
                 # object; the fd is close-on-exec and blocking (accept4).
@@ -255,7 +266,7 @@ class Supervisor:
         client = "?"
         try:
             env, client = self._connection(listener, fd, peer, local)
-            pid, err_fd = self.spawner.start(state.recipe, fd, env)
+            pid, err_fd, warm = self._start_handler(state, fd, env)
         except OSError as err:
             if release:
                 release()
@@ -263,11 +274,7 @@ class Supervisor:
             return
         finally:
             os.close(fd)
-        now = time.monotonic()
-        self._track(Child(pid, state, client, now, release=release), err_fd)
-        rate = state.guard.rate
-        if rate is not None and rate.started(now):
-            self._hold(state, "rate", rate.pause, limit=rate.limit, per=rate.per)
+        self._track(Child(pid, state, client, time.monotonic(), release=release), err_fd, warm)
 
     def _connection(self, listener, fd, peer, local=None):
         if not isinstance(peer, tuple):
@@ -284,7 +291,7 @@ class Supervisor:
 
     def _on_proxy_header(self, state, listener, fd, peer, header):
         if self.states.get(state.name) is not state or self.stopping:
-            return self._refuse(state, fd, peer, "service-gone")
+            return self._refuse(state, fd, peer, "service_gone")
         if header.source is None:        # LOCAL, UNKNOWN, UNSPEC, UNIX: the connection's own
             return self._admit(state, listener, fd, peer, proxied=True)
         self._admit(state, listener, fd, header.source, header.destination, proxied=True)
@@ -346,36 +353,55 @@ class Supervisor:
         state.counters.accepted += 1
         listener.sock.setblocking(True)      # the handler gets it in blocking mode
         try:
-            pid, err_fd = self.spawner.start(state.recipe, listener.fd, {}, wait_mode=True)
+            pid, err_fd, warm = self._start_handler(state, listener.fd, {}, wait_mode=True)
         except OSError as err:
             listener.sock.setblocking(False)
             self._spawn_failed(state, [listener], listener.text, err)
+            self._pause([listener], "spawn", err)   # still readable: must not retry at once
             return
         self.busy[listener] = pid
-        self._track(Child(pid, state, listener.text, time.monotonic(), listener), err_fd)
+        self._track(Child(pid, state, listener.text, time.monotonic(), listener), err_fd, warm)
         self._sync(state)
 
-    def _track(self, child, err_fd):
+    def _start_handler(self, state, fd, env, wait_mode=False):
+        """(pid, stderr fd, warm interpreter or None): fork it warm if we can, else exec."""
+        warm = self.warm.ready_for(state.name) if state.service.preload else None
+        if warm is not None:
+            try:
+                return self.spawner.start(state.recipe, fd, env, wait_mode, warm=warm) + (warm,)
+            except preload.WarmUnavailable as why:
+                self.warm.trouble(state.name, why)
+        return self.spawner.start(state.recipe, fd, env, wait_mode) + (None,)
+
+    def _track(self, child, err_fd, warm=None):
         state = child.state
         state.running += 1
         state.counters.started += 1
         self.children[child.pid] = child
         if state.service.timeout:
-            child.timer = self.timers.at(child.started + state.service.timeout,
+            child.timeout = state.service.timeout
+            child.timer = self.timers.at(child.started + child.timeout,
                                          partial(self._timeout, child))
         if err_fd is not None:
             self.stderr_bufs[err_fd] = b""
             self.selector.register(err_fd, selectors.EVENT_READ,
                                    partial(self._on_stderr, err_fd, state.name, child.pid))
-        self.log.debug("start", service=state.name, client=child.client, pid=child.pid)
+        self.log.debug("start", service=state.name, client=child.client, pid=child.pid,
+                       preload=int(warm is not None))
+        if warm is not None:
+            self.warm.drain(warm)     # exits it reported while we waited for this pid
+        rate = state.guard.rate
+        if rate is not None and rate.started(child.started):
+            self._hold(state, "rate", rate.pause, limit=rate.limit, per=rate.per)
 
     def _spawn_failed(self, state, listeners, client, err):
         state.counters.failed += 1
         self.log.error("spawn-failed", service=state.name, client=client,
                        program=state.recipe.argv[0], error=_errname(err))
         if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
-            self._pause(listeners, "spawn", err)
-        self._note_failure(state, time.monotonic())
+            self._pause(listeners, "spawn", err)      # the machine is short, not the service
+        else:
+            self._note_failure(state, time.monotonic())
 
     def _pause(self, listeners, what, err):
         """Rest these listeners briefly: the loop must never spin on an error."""
@@ -399,11 +425,19 @@ class Supervisor:
     def _reap(self):
         now = time.monotonic()
         for pid, status in reaping.reap_all():
+            if self.warm.reaped(pid, status, reaping.decode(status)):
+                continue
             child = self.children.pop(pid, None)
             if child is None:
                 self.log.info("reaped", pid=pid, **reaping.decode(status))
             else:
                 self._finished(child, status, now)
+
+    def _finish_pid(self, pid, status):
+        """A handler's exit as a fork server reported it."""
+        child = self.children.pop(pid, None)
+        if child is not None:
+            self._finished(child, status, time.monotonic())
 
     def _finished(self, child, status, now):
         state = child.state
@@ -458,10 +492,10 @@ class Supervisor:
         child.timed_out = True
         child.state.counters.timeouts += 1
         self.log.warning("timeout", service=child.state.name, client=child.client,
-                         pid=child.pid, after=child.state.service.timeout)
+                         pid=child.pid, after=child.timeout)
         _killpg(child.pid, signal.SIGTERM)
         # A short timeout gets a short wait for TERM too (at least 1 s).
-        delay = min(KILL_AFTER, max(1.0, child.state.service.timeout))
+        delay = min(KILL_AFTER, max(1.0, child.timeout))
         child.timer = self.timers.at(time.monotonic() + delay, partial(self._kill, child))
 
     def _kill(self, child):
@@ -518,9 +552,12 @@ class Supervisor:
 
     def _status(self):
         for state in self.states.values():
-            self.log.info("status", service=state.name,
-                          paused=int(any(l in self.paused or l in self.backoff
-                                         for l in state.listeners)),
+            reasons = sorted(state.holds)
+            if any(l in self.paused for l in state.listeners):
+                reasons.append("error")
+            if any(l in self.backoff for l in state.listeners):
+                reasons.append("backoff")
+            self.log.info("status", service=state.name, paused=",".join(reasons) or "no",
                           **state.counters.fields(state.running))
 
     # -- reload ------------------------------------------------------------------
@@ -559,6 +596,7 @@ class Supervisor:
                 self.log.info("removed", service=name, running=state.running)
         self.listeners = wanted
         self._install(config, recipes)
+        self.warm.configure(config.enabled)
         for state in self.states.values():
             self._sync(state)
         if self.load_timer is not None:
@@ -580,6 +618,7 @@ class Supervisor:
             listener.close()
         self.listeners = {}
         self.proxies.close_all()
+        self.warm.stop_all()
         for state in self.states.values():
             state.listeners = []
             _close_ready(state)
@@ -595,6 +634,17 @@ class Supervisor:
         if self.children:
             self.log.warning("grace-over", killing=len(self.children))
             self._kill_all()
+            self.timers.at(time.monotonic() + 1.0, self._forget_lost)
+
+    def _forget_lost(self):
+        """A handler whose exit report was lost with its fork server: stop waiting."""
+        for pid in list(self.children):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self._finished(self.children.pop(pid), None, time.monotonic())
+        if self.children:
+            self.timers.at(time.monotonic() + 1.0, self._forget_lost)
 
     def _kill_all(self):
         for pid in self.children:

@@ -88,6 +88,24 @@ def scalar_text(value):
     raise ValueError(f"expected a string or number, got {value!r}")
 
 
+def is_service_name(value):
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) is not None
+
+
+def name_or_id(value):
+    """A user or group: a name, or a numeric id (YAML may read it as a number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    return string(value)
+
+
+def seconds_or_zero(value):
+    """Seconds; 0 switches the limit off (so a service can undo a default)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return duration(value)
+
+
 def positive_int(value):
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value

@@ -74,7 +74,15 @@ def problems(tmp_path, text):
     ("services:\n  a: {listen: 0, server: /bin/cat\n", 3, None, "YAML syntax"),
     ("- just\n- a list\n", 1, None, "expected a mapping"),
     ("services:\n  a: {listen: '127.0.0.1:7000', server: /bin/cat}\n  b: {listen: '127.0.0.1:7000', server: /bin/cat}\n",
-     3, "services.b.listen", "already used by service 'a'"),
+     3, "services.b.listen", "overlaps 127.0.0.1:7000 of service 'a'"),
+    ("services:\n  a: {listen: 7000, server: /bin/cat}\n  b: {listen: '127.0.0.1:7000', server: /bin/cat}\n",
+     3, "services.b.listen", "overlaps 7000"),
+    ("services:\n  a: {listen: '[::]:7000', server: /bin/cat}\n  b: {listen: '[::1]:7000', server: /bin/cat}\n",
+     3, "services.b.listen", "overlaps"),
+    ("services:\n  'a b': {listen: 0, server: /bin/cat}\n", 2, "services.a b", "service name"),
+    ("services:\n  'a:b': {listen: 0, server: /bin/cat}\n", 2, "services.a:b", "service name"),
+    ("services:\n  off: {listen: 0, server: /bin/cat}\n", 2, "services.False", "quote it"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, preload: true}\n", 2, "services.a.preload", "needs a Python handler"),
 ])
 def test_each_error_names_line_and_key(tmp_path, text, line, key, fragment):
     found = problems(tmp_path, text)
@@ -104,7 +112,7 @@ def test_a_clean_file_resolves_everything(tmp_path):
             listen: 127.0.0.1:0
             protocol: udp
             internal: echo
-          off:
+          "off":
             listen: 127.0.0.1:0
             server: {GOOD_SERVER}
             enabled: false
@@ -148,6 +156,33 @@ def test_protection_keys_resolve(tmp_path):
     assert a.max_load == 8.0
     assert dict(a.rlimits) == {"nofile": 64, "as": 1 << 30, "cpu": 60, "core": 0, "stack": "unlimited"}
     assert a.proxy_protocol == "any" and a.proxy_timeout == 2.0
+
+
+def test_address_families_that_do_not_overlap(tmp_path):
+    cfg = load_text(tmp_path, """
+        services:
+          v4: {listen: "0.0.0.0:7002", server: /bin/cat}
+          v6: {listen: "[::]:7002", server: /bin/cat}
+          udp: {listen: 7002, server: /bin/cat, protocol: udp}
+    """)
+    assert len(cfg.services) == 3
+
+
+def test_timeout_zero_undoes_a_default_and_numeric_user_is_accepted(tmp_path):
+    import os
+    cfg = load_text(tmp_path, f"""
+        defaults: {{timeout: 30}}
+        services:
+          a: {{listen: 0, server: /bin/cat, timeout: 0, user: {os.geteuid()}}}
+    """)
+    assert cfg.services[0].timeout == 0
+    assert cfg.services[0].uid in (-1, os.geteuid())
+
+
+def test_an_error_in_defaults_is_reported_once(tmp_path):
+    found = problems(tmp_path, "defaults: {instances: 0}\nservices:\n"
+                               "  a: {listen: 0, server: /bin/cat}\n  b: {listen: 0, server: /bin/cat}\n")
+    assert len(found) == 1 and found[0].key == "defaults.instances"
 
 
 def test_disabled_services_may_share_an_address(tmp_path):

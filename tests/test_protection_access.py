@@ -192,8 +192,6 @@ def write_load(path, load):
     os.replace(tmp, path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Supervisor._accept keeps accepting the rest of its "
-                   "batch (up to ACCEPT_BATCH) after a start has paused the service for rate")
 def test_rate_holds_a_burst_already_waiting_in_the_backlog(superd, tmp_path):
     """Clients piled up in the backlog (here while the load was high) are started
     no faster than `rate` allows: the rest wait for the pause to end."""
@@ -312,8 +310,6 @@ services:
     assert talk(d.address("other"), b"fine")[1] == b"fine"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a reload builds a new limits.Guard, so per_source "
-                   "forgets the handlers still running and a greedy source gets fresh slots")
 def test_per_source_still_counts_running_handlers_after_a_reload(superd, tmp_path):
     env = env_handler(tmp_path)
     config = f"""

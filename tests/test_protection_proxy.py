@@ -106,7 +106,7 @@ def test_garbage_header_is_refused_at_once(proxied, service, data):
     with open_from(proxied.address(service), "127.0.0.6") as sock:
         sock.sendall(data + b"payload")     # no half-close: a refusal must not wait for one
         assert read_until_eof(sock) == b"", "closed unserved"
-    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.6:\d+ reason=proxy-malformed ")
+    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.6:\d+ reason=proxy_malformed ")
     good = (proxy_v2 if service == "v2" else proxy_v1)("192.0.2.1", "192.0.2.2", 1, 2)
     check_named(talk(proxied.address(service), b"next", before=good),
                 "192.0.2.1", 1, "192.0.2.2", 2, b"next")
@@ -124,7 +124,7 @@ def test_truncated_header_then_close_is_refused(proxied, service, data):
         sock.sendall(data)
         sock.shutdown(1)
         assert read_until_eof(sock) == b""
-    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.7:\d+ reason=proxy-closed ")
+    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.7:\d+ reason=proxy_closed ")
     assert talk(proxied.address("plain"), b"plain")[1] == b"plain"
 
 
@@ -173,10 +173,10 @@ services:
         slow.sendall(header[:10])
         check_named(talk(d.address("p"), b"prompt", before=proxy_v1("192.0.2.42", "198.51.100.4", 1, 2)),
                     "192.0.2.42", 1, "198.51.100.4", 2, b"prompt")
-        d.log.wait_for(r"^refused service=p client=127\.0\.0\.8:\d+ reason=proxy-timeout ")
+        d.log.wait_for(r"^refused service=p client=127\.0\.0\.8:\d+ reason=proxy_timeout ")
         assert read_until_eof(slow) == b""
     d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=p .*started=1 .*refused_proxy-timeout=1$")
+    d.log.wait_for(r"^status service=p .*started=1 .*refused_proxy_timeout=1$")
 
 
 def test_header_from_outside_proxy_from_is_refused_at_once(superd, tmp_path):

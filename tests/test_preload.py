@@ -1,0 +1,200 @@
+"""preload: true — a warm interpreter forks each handler; the contract holds."""
+
+import json
+import os
+import signal
+import socket
+
+import psutil
+import pytest
+
+from conftest import connect, python_handler, read_all
+
+PROBE = r'''
+import json, os, random, sys
+print(json.dumps({
+    "name": __name__, "argv": sys.argv, "pid": os.getpid(), "sid": os.getsid(0),
+    "ppid": os.getppid(), "env": dict(os.environ),
+    "fds": sorted(int(f) for f in os.listdir("/proc/self/fd"))[:-1],
+    "random": random.random(),
+    "line": sys.stdin.readline(),
+}))
+'''
+
+
+@pytest.fixture
+def probe(tmp_path):
+    return python_handler(tmp_path, "probe.py", PROBE)
+
+
+def ask(address, line=b"hello\n"):
+    with connect(address) as sock:
+        sock.sendall(line)
+        return json.loads(read_all(sock))
+
+
+def start_preloaded(superd, body, extra=""):
+    d = superd(body)
+    d.log.wait_for(r"^preload-ready service=")
+    return d
+
+
+def test_preloaded_handler_keeps_the_handler_contract(superd, probe, tmp_path):
+    d = start_preloaded(superd, f"""
+services:
+  p:
+    listen: 127.0.0.1:0
+    server: {probe}
+    args: [one, two]
+    env: {{GREETING: hi}}
+    preload: true
+""")
+    first = ask(d.address("p"))
+    second = ask(d.address("p"))
+    assert first["name"] == "__main__"
+    assert first["argv"] == [str(probe), "one", "two"]
+    assert first["line"] == "hello\n"
+    assert first["fds"] == [0, 1, 2]
+    assert first["sid"] == first["pid"], "its own session"
+    env = first["env"]
+    assert env["GREETING"] == "hi" and env["SUPERD_SERVICE"] == "p"
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and "NOTIFY_SOCKET" not in env
+    assert first["pid"] != second["pid"], "one process per connection"
+    assert first["random"] != second["random"], "random is re-seeded in each child"
+    line = d.log.wait_for(rf"^exit service=p .*pid={first['pid']} status=0")
+    assert "client=127.0.0.1:" in line
+    warm = int(d.log.wait_for(r"^preload-ready service=p").split("pid=")[1])
+    assert first["ppid"] == warm, "forked by the warm interpreter, not exec'd by superd"
+
+
+def test_exit_status_signals_and_timeouts_as_for_exec(superd, tmp_path):
+    fail = python_handler(tmp_path, "fail.py", "import sys\nsys.exit(7)\n")
+    hang = python_handler(tmp_path, "hang.py", "import time\ntime.sleep(600)\n")
+    d = superd(f"""
+services:
+  fail: {{listen: "127.0.0.1:0", server: {fail}, preload: true}}
+  hang: {{listen: "127.0.0.1:0", server: {hang}, preload: true, timeout: 0.5}}
+""")
+    d.log.wait_count(r"^preload-ready ", 2)
+    with connect(d.address("fail")) as sock:
+        assert read_all(sock) == b""
+    d.log.wait_for(r"^exit service=fail .*status=7")
+    with connect(d.address("hang")) as sock:
+        assert read_all(sock) == b""
+    d.log.wait_for(r"^exit service=hang .*signal=SIGTERM .*timeout=1")
+
+
+def test_changed_handler_file_gets_a_fresh_warm_interpreter(superd, tmp_path):
+    handler = python_handler(tmp_path, "v.py", "import os\nos.write(1, b'v1')\n")
+    d = start_preloaded(superd, f"""
+services:
+  v: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+""")
+    with connect(d.address("v")) as sock:
+        assert read_all(sock) == b"v1"
+    handler.write_text(handler.read_text().replace("v1", "version-2"))
+    with connect(d.address("v")) as sock:
+        assert read_all(sock) == b"version-2"          # served at once, by exec
+    d.log.wait_for(r"^preload-unavailable level=warning service=v .*handler file changed")
+    d.log.wait_count(r"^preload-ready service=v ", 2)
+    with connect(d.address("v")) as sock:
+        assert read_all(sock) == b"version-2"
+
+
+def test_dead_warm_interpreter_falls_back_to_exec_and_restarts(superd, probe):
+    d = start_preloaded(superd, f"""
+services:
+  p: {{listen: "127.0.0.1:0", server: {probe}, preload: true}}
+""")
+    warm = int(d.log.wait_for(r"^preload-ready service=p").split("pid=")[1])
+    os.kill(warm, signal.SIGKILL)
+    d.log.wait_for(rf"^preload-exited level=warning service=p pid={warm} signal=SIGKILL")
+    served = ask(d.address("p"))
+    assert served["name"] == "__main__"
+    d.log.wait_count(r"^preload-ready service=p ", 2)
+    after = ask(d.address("p"))
+    assert after["ppid"] != warm and after["ppid"] != d.pid
+
+
+def test_handlers_outlive_their_warm_interpreter_and_are_reaped(superd, tmp_path):
+    gate = python_handler(tmp_path, "gate.py",
+                          "import os, sys\nline = sys.stdin.readline()\nos.write(1, line.encode())\n")
+    d = start_preloaded(superd, f"""
+services:
+  g: {{listen: "127.0.0.1:0", server: {gate}, preload: true}}
+""")
+    warm = int(d.log.wait_for(r"^preload-ready service=g").split("pid=")[1])
+    client = connect(d.address("g"))
+    client.sendall(b"")
+    d.send(signal.SIGUSR1)
+    d.log.wait_for(r"^status service=g .*running=1")
+    os.kill(warm, signal.SIGKILL)
+    d.log.wait_for(rf"^preload-exited level=warning service=g pid={warm}")
+    client.sendall(b"still here\n")
+    assert read_all(client) == b"still here\n"
+    client.close()
+    d.log.wait_for(r"^exit service=g .*status=0")   # superd (child subreaper) reaped it
+    d.send(signal.SIGUSR1)
+    d.log.wait_for(r"^status service=g .*running=0")
+
+
+def test_reload_replaces_the_warm_interpreter(superd, probe):
+    text = f"""
+services:
+  p: {{listen: "127.0.0.1:0", server: {probe}, preload: true}}
+"""
+    d = start_preloaded(superd, text)
+    first = int(d.log.wait_for(r"^preload-ready service=p").split("pid=")[1])
+    d.reload(text)
+    d.log.wait_count(r"^preload-ready service=p ", 2)
+    assert ask(d.address("p"))["ppid"] != first
+    psutil.wait_procs([psutil.Process(first)], timeout=10) if psutil.pid_exists(first) else None
+
+
+@pytest.mark.parametrize("name, payload, check", [
+    ("echo", b"ping\n", lambda out: out == b"ping\n"),
+    ("daytime", b"", lambda out: out.endswith(b"\r\n") and len(out) > 10),
+])
+def test_internal_services_under_preload(superd, name, payload, check):
+    d = start_preloaded(superd, f"""
+services:
+  {name}: {{listen: "127.0.0.1:0", internal: {name}, preload: true}}
+""")
+    with connect(d.address(name)) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        assert check(read_all(sock))
+    d.log.wait_for(rf"^exit service={name} .*status=0")
+
+
+def test_httpd_under_preload(superd, tmp_path):
+    import http.client
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("<h1>warm</h1>\n")
+    d = start_preloaded(superd, f"""
+services:
+  http: {{listen: "127.0.0.1:0", internal: httpd, args: [--root, www, --quiet], preload: true}}
+""")
+    host, port = d.address("http")
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status == 200 and response.read() == b"<h1>warm</h1>\n"
+    conn.close()
+
+
+def test_wait_mode_under_preload_gets_its_own_pid(superd, tmp_path):
+    handler = python_handler(tmp_path, "w.py", r'''
+import json, os, socket
+listener = socket.socket(fileno=3)
+conn, _ = listener.accept()
+conn.sendall(json.dumps([os.environ["LISTEN_PID"], os.getpid(), os.environ["LISTEN_FDS"]]).encode())
+conn.close()
+''')
+    d = start_preloaded(superd, f"""
+services:
+  w: {{listen: "127.0.0.1:0", server: {handler}, mode: wait, preload: true}}
+""")
+    with connect(d.address("w")) as sock:
+        listen_pid, pid, fds = json.loads(read_all(sock))
+    assert int(listen_pid) == pid and fds == "1"

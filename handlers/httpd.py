@@ -552,8 +552,9 @@ def glob_match(tokens, text, start=0):
             end = len(text) if end < 0 else end
             if not rest or (len(rest) == 1 and rest[0] not in ("*", "**", "?")):
                 tail = rest[0] if rest else ""
-                return (end == len(text) and text.endswith(tail)
-                        and len(text) - len(tail) >= start)
+                cut = len(text) - len(tail)
+                return (cut >= start and text.endswith(tail)
+                        and (token == "**" or "/" not in text[start:cut]))
             return any(glob_match(rest, text, k) for k in range(start, end + 1))
         elif text.startswith(token, start):
             start += len(token)

@@ -1,6 +1,8 @@
 """The event loop: accept, dispatch, reap, signals, reload, shutdown.
 
-This is the only module with mutable runtime state.  One thread sleeps in
+The Supervisor (this module, with its lifecycle half in lifecycle.py:
+signals, status, reload, shutdown) is the only holder of mutable runtime
+state; runstate.py defines the records it keeps.  One thread sleeps in
 `selector.select` until a listener, a handler's stderr pipe, the signal
 wake-up socket or the next timer needs it.  Signal handlers do nothing:
 `signal.set_wakeup_fd` writes the signal number to a socketpair and all the
@@ -19,21 +21,22 @@ listener is bound; then it swaps states in one step.
 import errno
 import json
 import os
-import select
 import selectors
 import signal
 import socket
 import time
 from functools import partial
 
-from collections import deque
-
 from superd import config as configuration
 from superd import limits
 from superd import listeners as sockets
 from superd import preload, reaping, spawn, systemd
+from superd.lifecycle import Lifecycle
 from superd.pending import ProxyReader
-from superd.status import Counters
+from superd.runstate import Child, ServiceState
+from superd.stderrlog import HandlerStderr
+from superd.sysutil import (client_text, errname, ignore_in_handler, killpg, load_reader,
+                            local_address, peer_text, readable, refusal, unlink_quietly)
 from superd.timers import Timers
 
 ACCEPT_BATCH = 32        # connections taken per wake-up before looking at the rest
@@ -42,7 +45,6 @@ KILL_AFTER = 5.0         # most seconds between TERM and KILL for a handler past
 FAST_EXIT = 1.0          # a wait-mode handler living less than this may be looping
 FREE_FAST_EXITS = 2      # fast exits tolerated before backing off
 BACKOFF_MAX = 30.0
-STDERR_LINE_MAX = 4096
 PER_CONNECTION_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINVAL,
                          errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
                          errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
@@ -50,41 +52,7 @@ LOAD_INTERVAL = 1.0      # seconds between load-average checks (only with max_lo
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-class ServiceState:
-    """A service as it runs: its config, recipe, listeners and counters."""
-
-    def __init__(self, service, recipe):
-        self.service = service
-        self.recipe = recipe
-        self.name = service.name
-        self.listeners = []
-        self.running = 0
-        self.counters = Counters()
-        self.fast_exits = 0
-        self.guard = limits.Guard(service)
-        self.holds = {}           # reason -> Timer (None: until a check lifts it)
-        self.ready = deque()      # PROXY connections checked and waiting for a slot
-
-
-class Child:
-    """One running handler."""
-
-    __slots__ = ("pid", "state", "client", "started", "timer", "listener", "timed_out",
-                 "release", "timeout")
-
-    def __init__(self, pid, state, client, started, listener=None, release=None):
-        self.pid = pid
-        self.state = state
-        self.client = client
-        self.started = started
-        self.timer = None
-        self.listener = listener      # wait mode: the listener it owns
-        self.timed_out = False
-        self.release = release        # frees its per-source slot when it ends
-        self.timeout = 0.0            # its service's timeout when it started
-
-
-class Supervisor:
+class Supervisor(Lifecycle):
     def __init__(self, config_path, log, ready_file=None, grace=10.0):
         self.config_path = os.path.abspath(config_path)
         self.log = log
@@ -100,12 +68,12 @@ class Supervisor:
         self.paused = set()       # listeners resting after an error
         self.busy = {}            # listener -> pid of the wait-mode handler owning it
         self.backoff = set()      # wait-mode listeners held back after fast exits
-        self.stderr_bufs = {}     # fd -> bytes not yet ending in a newline
+        self.stderr = HandlerStderr(self.selector, log)
         self.stopping = False
         self.proxies = ProxyReader(self.selector, self.timers, self._on_proxy_header,
                                    self._on_proxy_refused)
         self.load_timer = None
-        self.load_reader = _load_reader()
+        self.load_reader = load_reader()
         self.warm = preload.WarmPool(self.selector, self.timers, self.spawner, self.log,
                                      self._finish_pid, time.monotonic)
 
@@ -156,14 +124,14 @@ class Supervisor:
         self.wake_w.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
-            signal.signal(sig, _ignore_in_handler)
+            signal.signal(sig, ignore_in_handler)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
 
     def _announce(self):
         try:
             self._write_ready_file()
         except OSError as err:
-            self.log.error("ready-file-failed", path=self.ready_file, error=_errname(err))
+            self.log.error("ready-file-failed", path=self.ready_file, error=errname(err))
         systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
 
     def _write_ready_file(self):
@@ -185,7 +153,7 @@ class Supervisor:
             timers.run_due(clock())
         self.log.info("stopped", pid=os.getpid())
         if self.ready_file:
-            _unlink_quietly(self.ready_file)
+            unlink_quietly(self.ready_file)
         return 0
 
     def _sync(self, state):
@@ -249,7 +217,7 @@ class Supervisor:
         service = state.service
         inet = isinstance(peer, tuple)
         if service.proxy_protocol != "none" and not proxied:
-            if inet and service.proxy_from and _refusal(service.proxy_from, peer[0]):
+            if inet and service.proxy_from and refusal(service.proxy_from, peer[0]):
                 return self._refuse(state, fd, peer, "proxy_from")
             return self.proxies.add(state, listener, fd, peer)
         release = None
@@ -280,14 +248,14 @@ class Supervisor:
         if not isinstance(peer, tuple):
             env = spawn.unix_peer_env(fd)
             return env, "unix:pid=" + env["UNIXREMOTEPID"]
-        local = local or listener.local or _local_address(fd)
+        local = local or listener.local or local_address(fd)
         env = spawn.connection_env(peer, local)
-        return env, _client_text(env["REMOTE_ADDR"], peer[1])
+        return env, client_text(env["REMOTE_ADDR"], peer[1])
 
     def _refuse(self, state, fd, peer, reason):
         os.close(fd)
         state.counters.refuse(reason.split(":")[0])
-        self.log.info("refused", service=state.name, client=_peer_text(peer), reason=reason)
+        self.log.info("refused", service=state.name, client=peer_text(peer), reason=reason)
 
     def _on_proxy_header(self, state, listener, fd, peer, header):
         if self.states.get(state.name) is not state or self.stopping:
@@ -298,7 +266,7 @@ class Supervisor:
 
     def _on_proxy_refused(self, state, peer, reason, detail):
         state.counters.refuse(reason)
-        self.log.info("refused", service=state.name, client=_peer_text(peer), reason=reason,
+        self.log.info("refused", service=state.name, client=peer_text(peer), reason=reason,
                       detail=detail)
 
     def _start_ready(self, state):
@@ -383,9 +351,7 @@ class Supervisor:
             child.timer = self.timers.at(child.started + child.timeout,
                                          partial(self._timeout, child))
         if err_fd is not None:
-            self.stderr_bufs[err_fd] = b""
-            self.selector.register(err_fd, selectors.EVENT_READ,
-                                   partial(self._on_stderr, err_fd, state.name, child.pid))
+            self.stderr.add(err_fd, state.name, child.pid)
         self.log.debug("start", service=state.name, client=child.client, pid=child.pid,
                        preload=int(warm is not None))
         if warm is not None:
@@ -397,7 +363,7 @@ class Supervisor:
     def _spawn_failed(self, state, listeners, client, err):
         state.counters.failed += 1
         self.log.error("spawn-failed", service=state.name, client=client,
-                       program=state.recipe.argv[0], error=_errname(err))
+                       program=state.recipe.argv[0], error=errname(err))
         if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
             self._pause(listeners, "spawn", err)      # the machine is short, not the service
         else:
@@ -411,7 +377,7 @@ class Supervisor:
             self.paused.add(listener)
             self._unwatch(listener)
             self.log.warning("paused", service=listener.service, address=listener.text,
-                             during=what, error=_errname(err), seconds=PAUSE_ON_ERROR)
+                             during=what, error=errname(err), seconds=PAUSE_ON_ERROR)
             self.timers.at(time.monotonic() + PAUSE_ON_ERROR, partial(self._resume, listener))
 
     def _resume(self, listener):
@@ -468,7 +434,7 @@ class Supervisor:
         if listener.sock.fileno() == -1:
             return                        # closed by a reload meanwhile
         listener.sock.setblocking(False)
-        if now - child.started >= FAST_EXIT or not _readable(listener.fd):
+        if now - child.started >= FAST_EXIT or not readable(listener.fd):
             state.fast_exits = 0
             return
         state.fast_exits += 1
@@ -493,239 +459,12 @@ class Supervisor:
         child.state.counters.timeouts += 1
         self.log.warning("timeout", service=child.state.name, client=child.client,
                          pid=child.pid, after=child.timeout)
-        _killpg(child.pid, signal.SIGTERM)
+        killpg(child.pid, signal.SIGTERM)
         # A short timeout gets a short wait for TERM too (at least 1 s).
         delay = min(KILL_AFTER, max(1.0, child.timeout))
         child.timer = self.timers.at(time.monotonic() + delay, partial(self._kill, child))
 
     def _kill(self, child):
         if self.children.get(child.pid) is child:
-            _killpg(child.pid, signal.SIGKILL)
+            killpg(child.pid, signal.SIGKILL)
 
-    def _on_stderr(self, fd, service, pid):
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        buf = self.stderr_bufs.get(fd, b"") + data
-        *lines, rest = buf.split(b"\n")
-        if not data:
-            lines.append(rest)
-            rest = b""
-        for line in lines:
-            if line:
-                self.log.info("stderr", service=service, pid=pid,
-                              text=line[:STDERR_LINE_MAX].decode("utf-8", "replace"))
-        if len(rest) > STDERR_LINE_MAX:
-            self.log.info("stderr", service=service, pid=pid,
-                          text=rest[:STDERR_LINE_MAX].decode("utf-8", "replace"))
-            rest = b""
-        if data:
-            self.stderr_bufs[fd] = rest
-        else:
-            self.selector.unregister(fd)
-            os.close(fd)
-            del self.stderr_bufs[fd]
-
-    # -- signals ---------------------------------------------------------------
-    def _on_wakeup(self):
-        received = set()
-        while True:
-            try:
-                data = self.wake_r.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not data:
-                break
-            received.update(data)
-        if signal.SIGCHLD in received:
-            self._reap()
-        if signal.SIGHUP in received and not self.stopping:
-            self._reload()
-        if signal.SIGUSR1 in received:
-            self._status()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if sig in received:
-                self._stop(sig)
-
-    def _status(self):
-        for state in self.states.values():
-            reasons = sorted(state.holds)
-            if any(l in self.paused for l in state.listeners):
-                reasons.append("error")
-            if any(l in self.backoff for l in state.listeners):
-                reasons.append("backoff")
-            self.log.info("status", service=state.name, paused=",".join(reasons) or "no",
-                          **state.counters.fields(state.running))
-
-    # -- reload ------------------------------------------------------------------
-    def _reload(self):
-        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        self.log.info("reloading", config=self.config_path)
-        try:
-            config = configuration.load(self.config_path)
-            recipes = {s.name: spawn.recipe(s) for s in config.enabled}
-            wanted, unwanted = sockets.reconcile(self.listeners, config.enabled)
-        except configuration.ConfigError as err:
-            for problem in err.problems:
-                self.log.error("config-error", problem=str(problem))
-            self.log.error("reload-failed", config=self.config_path, errors=len(err.problems),
-                           kept="the running configuration")
-            systemd.notify("READY=1")
-            return
-        except (spawn.SpawnSetupError, OSError) as err:
-            self.log.error("reload-failed", config=self.config_path,
-                           address=getattr(err, "address", ""), error=_errname(err),
-                           kept="the running configuration")
-            systemd.notify("READY=1")
-            return
-        for listener in unwanted:
-            self._unwatch(listener)
-            self.paused.discard(listener)
-            self.backoff.discard(listener)
-            self.log.info("closed", service=listener.service, address=listener.text)
-            listener.close()
-        for name, state in self.states.items():
-            if name not in recipes:
-                for listener in state.listeners:
-                    self._unwatch(listener)
-                state.listeners = []
-                _close_ready(state)
-                self.log.info("removed", service=name, running=state.running)
-        self.listeners = wanted
-        self._install(config, recipes)
-        self.warm.configure(config.enabled)
-        for state in self.states.values():
-            self._sync(state)
-        if self.load_timer is not None:
-            self.load_timer.cancel()
-        self._check_load()
-        self._announce()             # before the log line: readers wait for that line
-        self.log.info("reloaded", config=self.config_path, services=len(self.states))
-
-    # -- shutdown ------------------------------------------------------------------
-    def _stop(self, sig):
-        if self.stopping:
-            self.log.warning("stop-now", signal=reaping.signal_name(sig), killing=len(self.children))
-            self._kill_all()
-            return
-        self.stopping = True
-        systemd.notify("STOPPING=1")
-        for listener in list(self.listeners.values()):
-            self._unwatch(listener)
-            listener.close()
-        self.listeners = {}
-        self.proxies.close_all()
-        self.warm.stop_all()
-        for state in self.states.values():
-            state.listeners = []
-            _close_ready(state)
-        self.log.info("stopping", signal=reaping.signal_name(sig), running=len(self.children),
-                      grace=self.grace)     # after closing: a reader may rely on that
-        for child in self.children.values():
-            if child.listener is not None:     # wait-mode handlers never end by themselves
-                _killpg(child.pid, signal.SIGTERM)
-        if self.children:
-            self.timers.at(time.monotonic() + self.grace, self._grace_over)
-
-    def _grace_over(self):
-        if self.children:
-            self.log.warning("grace-over", killing=len(self.children))
-            self._kill_all()
-            self.timers.at(time.monotonic() + 1.0, self._forget_lost)
-
-    def _forget_lost(self):
-        """A handler whose exit report was lost with its fork server: stop waiting."""
-        for pid in list(self.children):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                self._finished(self.children.pop(pid), None, time.monotonic())
-        if self.children:
-            self.timers.at(time.monotonic() + 1.0, self._forget_lost)
-
-    def _kill_all(self):
-        for pid in self.children:
-            _killpg(pid, signal.SIGKILL)
-
-
-def _close_ready(state):
-    while state.ready:
-        _, fd, _, _, release = state.ready.popleft()
-        os.close(fd)
-        if release:
-            release()
-
-
-def _refusal(networks, ip_text):
-    """True if the address is in none of the networks."""
-    ip = limits.client_ip(ip_text)
-    return not any(ip in net for net in networks if net.version == ip.version)
-
-
-def _local_address(fd):
-    probe = socket.socket(fileno=fd)
-    try:
-        return probe.getsockname()
-    finally:
-        probe.detach()
-
-
-def _client_text(ip, port):
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def _peer_text(peer):
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return _client_text(spawn.plain_ip(peer[0]), peer[1])
-    return "unix"
-
-
-def _load_reader():
-    """The 1-minute load average source: psutil, or a file named by
-    SUPERD_LOADAVG_FILE (in /proc/loadavg's format) so tests can inject load."""
-    path = os.environ.get("SUPERD_LOADAVG_FILE")
-    if path:
-        def read():
-            try:
-                with open(path) as f:
-                    return float(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                return 0.0
-        return read
-    import psutil
-    return lambda: psutil.getloadavg()[0]
-
-
-def _ignore_in_handler(signum, frame):
-    """All signal work happens in the loop (set_wakeup_fd); see module doc."""
-
-
-def _killpg(pgid, sig):
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _readable(fd):
-    """Is input waiting on fd right now?  (One poll with a zero timeout.)"""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _errname(err):
-    code = getattr(err, "errno", None)
-    name = errno.errorcode.get(code, "") if code else ""
-    text = getattr(err, "strerror", None) or str(err)
-    return f"{name}: {text}" if name else text
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -1,4 +1,5 @@
-"""The warm interpreter behind `preload: true` (run as a program, stdlib only).
+"""The warm interpreter behind `preload: true`, and the spawn server behind
+`user:` (run as a program, stdlib only).
 
 superd starts one per preloaded service: `python forkserver.py SETTINGS_JSON`
 with a SOCK_SEQPACKET control socket on fd 3.  It compiles the handler once,
@@ -14,6 +15,11 @@ forks a child that becomes the handler exactly as a fresh interpreter would:
 - the environment superd built, sys.argv = [handler, *args], new
   sys.std* objects, `random` re-seeded (its at-fork hook), and the handler's
   code run as __main__.
+
+In spawn mode (settings["spawn"], for services with `user`/`group` that
+are not preloaded) it drops to that user once, at start, and then starts
+each handler with posix_spawn: no per-connection credential switch, and no
+moment at which superd itself runs as another user.
 
 Replies on the control socket: {"pid": N} for a start, {"error": text} when
 the fork failed, {"stale": true} (and exit) when the handler file changed:
@@ -34,12 +40,19 @@ MAX_MESSAGE = 1 << 20
 
 def main():
     settings = json.loads(sys.argv[1])
+    os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = socket.socket(fileno=CONTROL_FD)
     os.chdir(settings["workdir"])
-    path = settings["argv"][0]
+    if settings.get("spawn"):
+        _apply_limits(settings)              # as that user for good: no root left here
+        path, code = settings["spawn"]["argv"][-1], None
+        serve = _spawn
+    else:
+        path = settings["argv"][0]
+        code = compile(open(path, "rb").read(), path, "exec")
+        _warm_up(code, path, settings["argv"])
+        serve = _serve
     stamp = _stamp(path)
-    code = compile(open(path, "rb").read(), path, "exec")
-    _warm_up(code, path, settings["argv"])
     import selectors
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
@@ -64,7 +77,7 @@ def main():
                 _close(fds)
                 _send(control, {"stale": True})
                 return
-            _serve(control, code, settings, json.loads(data), fds)
+            serve(control, code, settings, json.loads(data), fds)
 
 
 def _drain(sock):
@@ -86,6 +99,31 @@ def _serve(control, code, settings, request, fds):
         _become_handler(code, settings, request, fds)   # never returns
     _close(fds)
     _send(control, {"pid": pid})
+
+
+def _spawn(control, code, settings, request, fds):
+    """Spawn mode: posix_spawn the (non-Python) handler as this server's user."""
+    sock = fds[0]
+    actions = [(os.POSIX_SPAWN_DUP2, sock, 0), (os.POSIX_SPAWN_DUP2, sock, 1)]
+    if request["wait"]:
+        actions.append((os.POSIX_SPAWN_DUP2, sock, 3))
+    if len(fds) > 1:
+        actions.append((os.POSIX_SPAWN_DUP2, fds[1], 2))
+    program = settings["spawn"]
+    try:
+        pid = os.posix_spawn(program["path"], program["argv"], dict(request["env"]),
+                             file_actions=actions, setsid=True, setsigmask=(),
+                             setsigdef=_SIGDEF)
+    except OSError as err:
+        _send(control, {"error": f"{err.strerror or err}", "errno": err.errno})
+    else:
+        _send(control, {"pid": pid})
+    finally:
+        _close(fds)
+
+
+_SIGDEF = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)] + \
+    list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 
 
 def _become_handler(code, settings, request, fds):
@@ -234,6 +272,8 @@ def _receive(control):
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
                        for i in range(0, len(payload) - len(payload) % 4, 4))
+    for fd in fds:
+        os.set_inheritable(fd, False)        # dup'd where wanted, never leaked
     return data, fds
 
 

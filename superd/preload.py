@@ -1,5 +1,9 @@
 """superd's side of `preload: true`: one warm Python interpreter per service.
 
+The same server, in spawn mode, starts the handlers of a service with
+`user:`/`group:` (and no rlimits): it switches to that user once and then
+only posix_spawns, so no connection pays for a setpriv exec.
+
 A `WarmInterpreter` starts forkserver.py (with posix_spawn, like any
 handler) and talks to it over a SOCK_SEQPACKET socketpair: each start
 sends the connection's fd (and the stderr fd) with SCM_RIGHTS and gets the
@@ -41,6 +45,12 @@ def become_subreaper():
         return False
 
 
+def wants_server(service):
+    """preload, or a user switch that a spawn server can do once (not with rlimits)."""
+    switches = service.uid != -1 or service.gid != -1
+    return service.preload or (switches and not service.rlimits)
+
+
 def handler_argv(service):
     """The handler's own argv (script first) without interpreter or trampolines."""
     argv = list(service.argv)
@@ -63,6 +73,10 @@ class WarmInterpreter:
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
                     "rlimits": list(self.service.rlimits), "uid": self.service.uid,
                     "gid": self.service.gid, "groups": list(self.service.groups)}
+        if not self.service.preload:
+            from superd.spawn import recipe
+            plain = recipe(self.service, credentials=False)
+            settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         try:
             self.pid = spawner.start_program(
                 sys.executable, (sys.executable, FORKSERVER, json.dumps(settings)),
@@ -191,7 +205,7 @@ class WarmPool:
         """A fresh warm interpreter for each preload service (start and every reload)."""
         old = self.current
         self.current = {}
-        self.services = {s.name: s for s in services if s.preload}
+        self.services = {s.name: s for s in services if wants_server(s)}
         for warm in old.values():
             self._retire(warm)
         for name in self.services:
@@ -254,7 +268,8 @@ class WarmPool:
         self.by_pid[pid] = (name, warm)
         self.selector.register(warm.control, selectors.EVENT_READ,
                                lambda: self._readable(name, warm))
-        self.log.info("preload-starting", service=name, pid=pid)
+        self.log.info("preload-starting", service=name, pid=pid,
+                      mode="fork" if service.preload else "spawn")
 
     def _restart(self, name):
         if name in self.services and name not in self.current and not self.stopping:

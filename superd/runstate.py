@@ -7,7 +7,7 @@ supervisor is the one that changes them.
 import os
 from collections import deque
 
-from superd import limits
+from superd import limits, preload
 from superd.status import Counters
 
 
@@ -25,6 +25,7 @@ class ServiceState:
         self.guard = limits.Guard(service)
         self.holds = {}           # reason -> Timer (None: until a check lifts it)
         self.ready = deque()      # PROXY connections checked and waiting for a slot
+        self.warm = preload.wants_server(service)   # started through a WarmInterpreter
 
     def close_ready(self):
         """Close the PROXY connections still waiting for a slot."""

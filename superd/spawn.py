@@ -53,12 +53,16 @@ class Recipe:
     service: str
 
 
-def recipe(service):
-    """Build the Recipe for a config.Service; raises SpawnSetupError."""
+def recipe(service, credentials=True):
+    """Build the Recipe for a config.Service; raises SpawnSetupError.
+
+    credentials=False leaves out the switch of user and group: for a spawn
+    server that already runs as that user.
+    """
     argv = tuple(service.argv)
     if service.mode == "wait":
         argv = (SH, "-c", SET_LISTEN_PID, "superd-wait") + argv
-    if service.uid != -1 or service.gid != -1:
+    if credentials and (service.uid != -1 or service.gid != -1):
         argv = _setpriv(service) + argv
     if service.rlimits:
         argv = _prlimit(service) + argv     # outermost: as root it may raise limits too

@@ -106,6 +106,7 @@ class Supervisor(Lifecycle):
         for service in config.enabled:
             state = self.states.get(service.name) or ServiceState(service, recipes[service.name])
             state.service, state.recipe = service, recipes[service.name]
+            state.warm = preload.wants_server(service)
             state.guard = limits.Guard(service, previous=state.guard)
             if service.max_load is None and "load" in state.holds:
                 self._lift(state, "load")
@@ -333,7 +334,7 @@ class Supervisor(Lifecycle):
 
     def _start_handler(self, state, fd, env, wait_mode=False):
         """(pid, stderr fd, warm interpreter or None): fork it warm if we can, else exec."""
-        warm = self.warm.ready_for(state.name) if state.service.preload else None
+        warm = self.warm.ready_for(state.name) if state.warm else None
         if warm is not None:
             try:
                 return self.spawner.start(state.recipe, fd, env, wait_mode, warm=warm) + (warm,)

@@ -204,21 +204,28 @@ def public_dir():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-def test_user_switch_sets_uid_gid_and_groups(superd, public_dir):
+@pytest.mark.parametrize("extra, path", [
+    ("", "spawn server"),                       # switches once, then posix_spawns
+    (", rlimits: {core: 0}", "setpriv"),        # rlimits: prlimit and setpriv per start
+])
+def test_user_switch_sets_uid_gid_and_groups(superd, public_dir, extra, path):
     import pwd
     script = os.path.join(public_dir, "ids.sh")
     with open(script, "w") as f:
-        f.write("#!/bin/sh\nid -u; id -g; id -G\n")
+        f.write("#!/bin/sh\nid -u; id -g; id -G; exec ls /proc/self/fd\n")
     os.chmod(script, 0o755)
     d = superd(f"""
 services:
-  ids: {{listen: "127.0.0.1:0", server: {script}, user: nobody, workdir: {public_dir}}}
+  ids: {{listen: "127.0.0.1:0", server: {script}, user: nobody, workdir: {public_dir}{extra}}}
 """)
+    if path == "spawn server":
+        d.log.wait_for(r"^preload-ready service=ids")
     with connect(d.address("ids")) as sock:
-        uid, gid, groups = read_all(sock).decode().split("\n")[:3]
+        uid, gid, groups, *fds = read_all(sock).decode().splitlines()
     nobody = pwd.getpwnam("nobody")
     assert (int(uid), int(gid)) == (nobody.pw_uid, nobody.pw_gid)
     assert sorted(map(int, groups.split())) == sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
+    assert sorted(map(int, fds)) == [0, 1, 2, 3], fds       # 3: ls's own directory
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="runs as an ordinary user only")

@@ -168,6 +168,14 @@ def test_expect_100_continue_refused_early(serve):
 def test_status_header(serve):
     r = serve().get("/cgi-bin/status.sh")
     assert (r.status, r.reason, r.body) == (404, "Nowhere here", b"gone\n")
+    assert r.header("x-script") == "yes"              # other fields pass on
+    assert r.header("connection") is None             # the server owns this one
+
+
+def test_program_is_run_without_a_shell(serve):
+    """A name full of shell syntax is just a name: the program runs as is."""
+    r = serve().get("/cgi-bin/semi%3Bcolon%20%24HOME%20%60x%60.sh")
+    assert (r.status, r.body) == (200, b"no shell\n")
 
 
 def test_client_redirect(serve):

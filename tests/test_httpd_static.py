@@ -294,6 +294,17 @@ def test_traversal(serve, path, status):
     assert b"outside the root" not in r.body and b"root:" not in r.body
 
 
+def test_utf8_file_name(serve):
+    assert get(serve, "/caf%C3%A9.txt").body == b"accented\n"
+
+
+def test_deep_hostile_path_is_refused_quickly(serve):
+    """Thousands of segments: answered (404), not worked on for long."""
+    h = serve("--cgi", "**.cgi")
+    assert h.get("/a" * 4000).status == 404
+    assert h.get("/a" * 4000 + ".cgi").status == 404
+
+
 def test_follow_symlinks(serve):
     h = serve("--follow-symlinks")
     assert h.get("/link-out.txt").body == b"outside the root\n"

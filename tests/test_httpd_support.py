@@ -279,7 +279,9 @@ CGI_SCRIPTS = {
     "env.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\n"; env\n',
     "echo.sh": 'printf "Content-Type: application/octet-stream\\r\\n\\r\\n"; cat\n',
     "count.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\n"; wc -c | tr -d " \\n"\n',
-    "status.sh": 'printf "Status: 404 Nowhere here\\r\\nContent-Type: text/plain\\r\\n\\r\\ngone\\n"\n',
+    "status.sh": ('printf "Status: 404 Nowhere here\\r\\nContent-Type: text/plain\\r\\n'
+                  'X-Script: yes\\r\\nConnection: keep-alive\\r\\n\\r\\ngone\\n"\n'),
+    "semi;colon $HOME `x`.sh": 'printf "Content-Type: text/plain\\r\\n\\r\\nno shell\\n"\n',
     "redirect.sh": 'printf "Location: http://example.com/elsewhere\\r\\n\\r\\n"\n',
     "local.sh": 'printf "Location: /alpha.txt\\r\\n\\r\\n"\n',
     "loop.sh": 'printf "Location: /cgi-bin/loop.sh\\r\\n\\r\\n"\n',
@@ -335,6 +337,7 @@ def make_site(root):
     (root / "data.unknownext").write_bytes(b"?")
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
     (root / "page.txt").write_text("plain text, compressible " * 40)
+    (root / "caf\u00e9.txt").write_text("accented\n")
     (root / "page.txt.gz").write_bytes(gzip.compress((root / "page.txt").read_bytes()))
     (root / "sub" / "index.html").write_text("sub index\n")
     (root / "sub" / "file.txt").write_text("in sub\n")

@@ -52,7 +52,7 @@ import os
 import select
 import sys
 import time
-from stat import S_ISDIR, S_ISLNK, S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG, S_ISSOCK
 from _struct import pack
 
 VERSION = "0.1.0"
@@ -1920,7 +1920,7 @@ def find_sockets():
             os.set_inheritable(fd, False)
     else:
         try:
-            fds = [0] if os.path.stat.S_ISSOCK(os.fstat(0).st_mode) else []
+            fds = [0] if S_ISSOCK(os.fstat(0).st_mode) else []
         except OSError:
             fds = []
     return [_socket.socket(fileno=fd) for fd in fds]
@@ -1962,8 +1962,9 @@ def serve_one(sock, settings, log):
 class Acceptor:
     """Accept for ourselves (inetd wait, systemd Accept=no): one thread per
     client, at most --max-connections at once (beyond that, clients wait in
-    the kernel's backlog), until --idle-exit seconds pass without a client or
-    the parent worker goes away (its pipe, `parent`, reaches EOF)."""
+    the kernel's backlog), until --idle-exit seconds pass without a client,
+    or until the first worker goes away (its pipe, `parent`, reaches EOF):
+    then stop accepting and let the clients being served finish."""
 
     def __init__(self, listeners, settings, log, parent=None):
         import threading
@@ -1989,6 +1990,8 @@ class Acceptor:
                 return
             for fd, _event in poller.poll(timeout):
                 if fd == self.parent:
+                    with self.state:
+                        self.state.wait_for(lambda: self.active == 0)
                     return
                 self.accept(self.listeners[fd])
 

@@ -254,8 +254,7 @@ VCHAR_OBS = bytes(b for b in range(256) if b == 9 or 32 <= b != 127)  # field-va
 TARGET_CHARS = bytes(range(0x21, 0x7F))               # printable ASCII, no space
 HEXDIGITS = b"0123456789abcdefABCDEF"
 HOST_CHARS = _ALPHANUM + b"-._~!$&'()*+,;=:[]%"
-_HEXPAIR = {(a + b).encode(): bytes((int(a + b, 16),))
-            for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"}
+_HEXVAL = {c: int(chr(c), 16) for c in HEXDIGITS}    # byte -> its value as a hex digit
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -478,10 +477,9 @@ def percent_decode(text):
     parts = data.split(b"%")
     out = [parts[0]]
     for part in parts[1:]:
-        byte = _HEXPAIR.get(part[:2])
-        if byte is None:
+        if len(part) < 2 or part[0] not in _HEXVAL or part[1] not in _HEXVAL:
             raise HttpError(400, "malformed percent-encoding")
-        out.append(byte)
+        out.append(bytes((_HEXVAL[part[0]] * 16 + _HEXVAL[part[1]],)))
         out.append(part[2:])
     return b"".join(out)
 

@@ -150,7 +150,14 @@ class Contender:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
     def stop(self):
+        """TERM first: superd starts each handler in a session of its own, so
+        only superd itself can end them; then KILL whatever is left."""
         if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
             try:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:

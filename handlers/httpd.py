@@ -847,6 +847,7 @@ class Connection:
         self.status = 0           # of the current response, for the log
         self.sent = 0             # body bytes of the current response
         self.started = False      # the current response's head is out
+        self.version = 11         # of the current request
         sock.setblocking(True)
         sock.setsockopt(SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(settings.timeout))
         if sock.family != _socket.AF_UNIX:
@@ -1013,6 +1014,22 @@ class Connection:
         self.read_body(request, 64 << 10, _drop)
 
     # -- writing ----------------------------------------------------------
+    def head(self, status, fields, reason=None):
+        """The status line and fields of an answer, as bytes; decides (and
+        says) whether the connection stays open."""
+        self.status = status
+        if self.unread:
+            self.keep = False       # the body is still on the wire: close after
+        lines = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown")),
+                 date_and_server()]
+        lines.extend(fields)
+        if not self.keep:
+            lines.append("Connection: close")
+        elif self.version == 10:
+            lines.append("Connection: keep-alive")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1")
+
     def send(self, data, more=False):
         try:
             self.sock.sendall(data, _socket.MSG_MORE if more else 0)
@@ -1729,25 +1746,6 @@ def date_and_server():
     if _DATE[0] != now:
         _DATE = (now, "Date: %s\r\nServer: %s" % (format_http_date(now), SERVER))
     return _DATE[1]
-
-
-def response_head(conn, status, fields, reason=None):
-    """The status line and fields of an answer, as bytes."""
-    conn.status = status
-    if conn.unread:
-        conn.keep = False       # the body is still on the wire: close after
-    lines = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown")),
-             date_and_server()]
-    lines.extend(fields)
-    if not conn.keep:
-        lines.append("Connection: close")
-    elif conn.version == 10:
-        lines.append("Connection: keep-alive")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
-
-
-Connection.head = response_head
 
 
 def dispatch(conn, request, depth=0):

@@ -2131,9 +2131,12 @@ def main(argv=None):
         sys.stderr.write("superd-httpd: no socket on fd 0 and no LISTEN_FDS; start me from "
                          "superd, inetd, xinetd, systemd or tcpserver, or use --listen\n")
         return EX_USAGE
-    if sockets[0].getsockopt(SOL_SOCKET, _socket.SO_ACCEPTCONN):
-        return serve_listeners(sockets, settings, log)
-    serve_one(sockets[0], settings, log)
+    try:
+        if sockets[0].getsockopt(SOL_SOCKET, _socket.SO_ACCEPTCONN):
+            return serve_listeners(sockets, settings, log)
+        serve_one(sockets[0], settings, log)
+    except KeyboardInterrupt:          # ^C under --listen: no traceback
+        return 130
     return 0
 
 

@@ -14,6 +14,7 @@ import http.client
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -241,6 +242,9 @@ def test_listen_option(procs, site):
     log = Lines(proc.stderr)
     port = int(log.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
     check_site(port)
+    os.killpg(proc.pid, signal.SIGINT)             # ^C: every worker leaves, quietly
+    assert proc.wait(TIMEOUT) == 130
+    assert log.wait_closed() and "Traceback" not in log.text()
 
 
 # -- tcpserver ------------------------------------------------------------------

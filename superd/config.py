@@ -270,7 +270,9 @@ def _argv(get, where, line, key, found, folder):
         found.add(line, key, "needs exactly one of 'server' (a program) or 'internal' (a bundled handler)")
         return ()
     if "internal" in get:
-        return internal_argv(get["internal"]) + args
+        # bytecode from superd's private cache, unless another user must read it
+        private = "user" not in get and "group" not in get
+        return internal_argv(get["internal"], bytecode=private) + args
     program = Path(folder, get["server"])
     if not program.is_file():
         found.add(*where["server"], f"no such program: {program}")

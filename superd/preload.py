@@ -27,6 +27,8 @@ import socket
 import sys
 from pathlib import Path
 
+from superd.handlers_path import internal_source
+
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 PR_SET_CHILD_SUBREAPER = 36
 REPLY_TIMEOUT = 5.0
@@ -54,8 +56,8 @@ def wants_server(service):
 def handler_argv(service):
     """The handler's own argv (script first) without interpreter or trampolines."""
     argv = list(service.argv)
-    if service.internal:
-        return argv[2:]                  # drop the interpreter and -S
+    if service.internal:                 # the source, not the interpreter, -S and bytecode
+        return [internal_source(service.internal)] + argv[3:]
     return argv
 
 

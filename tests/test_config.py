@@ -123,7 +123,7 @@ def test_a_clean_file_resolves_everything(tmp_path):
     assert web.workdir == str(tmp_path / "site")
     assert web.instances == 7 and web.timeout == 2.5 and web.mode == "nowait"
     assert ("LANG", "C.UTF-8") in web.base_env
-    assert udp.mode == "wait" and udp.argv[-1] == "echo" and udp.argv[-2].endswith("classic.py")
+    assert udp.mode == "wait" and udp.argv[-1] == "echo" and "classic" in udp.argv[-2]
     assert [s.name for s in cfg.enabled] == ["web", "echo-udp"]
     assert off.enabled is False
 
@@ -274,3 +274,33 @@ def test_shipped_configs_are_valid():
     for path in (root / "etc/services.yaml", root / "superd/default.yaml"):
         r = run_check(path)
         assert r.returncode == 0, (path, r.stderr)
+
+
+def test_internal_handlers_run_from_a_fresh_private_bytecode_cache(tmp_path, monkeypatch):
+    import os
+    from superd import handlers_path
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = tmp_path / "h.py"
+    source.write_text("print('one')\n")
+    first = handlers_path.compiled(str(source))
+    assert first.endswith(".pyc") and first.startswith(str(tmp_path / "cache" / "superd"))
+    assert oct((tmp_path / "cache" / "superd").stat().st_mode & 0o777) == "0o700"
+    r = subprocess.run([sys.executable, "-S", first], capture_output=True, text=True, timeout=30)
+    assert r.stdout == "one\n"
+    source.write_text("print('two')\n")
+    os.utime(source, ns=(os.stat(first).st_mtime_ns + 10**9,) * 2)
+    second = handlers_path.compiled(str(source))
+    r = subprocess.run([sys.executable, "-S", second], capture_output=True, text=True, timeout=30)
+    assert second == first and r.stdout == "two\n", "a changed handler is compiled again"
+    assert config_argv_of(tmp_path, "internal: httpd")[2].endswith(".pyc")
+
+
+def test_internal_handler_for_another_user_runs_its_source(tmp_path):
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    assert config_argv_of(tmp_path, "internal: httpd, user: nobody")[2].endswith("httpd.py")
+
+
+def config_argv_of(tmp_path, settings):
+    return load_text(tmp_path, f"services:\n  s: {{listen: 0, {settings}}}\n").services[0].argv

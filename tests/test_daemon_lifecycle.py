@@ -41,8 +41,7 @@ services:
     # the first handler is running (it answers only after our line)
     second = connect(address)               # accepted by the kernel, queued
     second.sendall(b"two\n")
-    d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=gate .*running=1 .*started=1 ")
+    d.wait_running("gate", 1)
     first.sendall(b"one\n")
     assert read_all(first).endswith(b"one\n")
     assert read_all(second).endswith(b"two\n"), "the queued client is served, not refused"
@@ -148,8 +147,7 @@ services:
     address = d.address("gate")
     client = connect(address)
     client.sendall(b"")                     # the handler is started and waiting
-    d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=gate .*running=1")
+    d.wait_running("gate", 1)
     d.send(signal.SIGTERM)
     d.log.wait_for(r"^stopping signal=SIGTERM running=1")
     with pytest.raises(OSError):
@@ -213,8 +211,7 @@ services:
     keep, drop = d.address("keep"), d.address("drop")
     running = connect(drop)                 # a handler of the service to be removed
     running.sendall(b"")
-    d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=drop .*running=1")
+    d.wait_running("drop", 1)
     lines = d.reload(f"""
 services:
   keep: {{listen: "127.0.0.1:0", server: {gate}}}

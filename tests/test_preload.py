@@ -126,16 +126,14 @@ services:
     warm = int(d.log.wait_for(r"^preload-ready service=g").split("pid=")[1])
     client = connect(d.address("g"))
     client.sendall(b"")
-    d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=g .*running=1")
+    d.wait_running("g", 1)
     os.kill(warm, signal.SIGKILL)
     d.log.wait_for(rf"^preload-exited level=warning service=g pid={warm}")
     client.sendall(b"still here\n")
     assert read_all(client) == b"still here\n"
     client.close()
     d.log.wait_for(r"^exit service=g .*status=0")   # superd (child subreaper) reaped it
-    d.send(signal.SIGUSR1)
-    d.log.wait_for(r"^status service=g .*running=0")
+    d.wait_running("g", 0)
 
 
 def test_reload_replaces_the_warm_interpreter(superd, probe):

@@ -5,6 +5,9 @@ The logger owns fd 2 for superd's own lines.  Values that a peer controls
 quotes, `=` or anything unprintable is written as a JSON string, so one event
 is always one line and a line can always be split back into its fields.
 Writing never raises: a log that cannot be written must not stop service.
+With `buffered()`, lines wait in memory until `flush()`: the event loop
+flushes once per wake-up, before it sleeps, so a burst of connections costs
+one write(2) rather than one per line, and no line waits longer than that.
 """
 
 import json
@@ -21,6 +24,15 @@ class Logger:
         self.json = fmt == "json"
         self.threshold = LEVELS[level]
         self.fd = fd
+        self.pending = None           # list of encoded lines while buffered
+
+    def buffered(self):
+        self.pending = []
+
+    def flush(self):
+        if self.pending:
+            data, self.pending[:] = b"".join(self.pending), []
+            self._write(data)
 
     def enabled(self, level):
         return LEVELS[level] >= self.threshold
@@ -51,8 +63,16 @@ class Logger:
                 parts.append(f"level={level}")
             parts.extend(f"{k}={quote(v)}" for k, v in fields.items())
             line = " ".join(parts)
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        if self.pending is not None:
+            self.pending.append(data)
+        else:
+            self._write(data)
+
+    def _write(self, data):
         try:
-            os.write(self.fd, (line + "\n").encode("utf-8", "backslashreplace"))
+            while data:
+                data = data[os.write(self.fd, data):]
         except OSError:
             pass
 

@@ -148,11 +148,17 @@ class Supervisor(Lifecycle):
     def run(self):
         """Serve until a stop completes; returns the exit status (0)."""
         wait_for_events, timers, clock = self.selector.select, self.timers, time.monotonic
-        while not (self.stopping and not self.children):
-            for key, _ in wait_for_events(timers.delay(clock())):
-                key.data()
-            timers.run_due(clock())
-        self.log.info("stopped", pid=os.getpid())
+        flush_log = self.log.flush
+        self.log.buffered()
+        try:
+            while not (self.stopping and not self.children):
+                flush_log()               # before sleeping: no line waits longer
+                for key, _ in wait_for_events(timers.delay(clock())):
+                    key.data()
+                timers.run_due(clock())
+            self.log.info("stopped", pid=os.getpid())
+        finally:
+            flush_log()
         if self.ready_file:
             unlink_quietly(self.ready_file)
         return 0

@@ -23,6 +23,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 HELLO = OUT / "hello"
+HELLO_PY = OUT / "hello.py"
+PYTHON = ROOT / ".venv" / "bin" / "python"     # superd's own interpreter
 CONNLOAD = OUT / "connload"
 SUPERD = ROOT / ".venv" / "bin" / "superd"
 IS_ROOT = os.geteuid() == 0
@@ -36,12 +38,16 @@ def log(*args):
 
 
 def build():
-    """Compile the load generator and the handler into bench/out/."""
+    """Compile the load generator and the handler into bench/out/; write hello.py."""
     OUT.mkdir(exist_ok=True)
     for name in ("connload", "hello"):
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(OUT / name),
                         str(BENCH / f"{name}.c")], check=True)
     HELLO.chmod(0o755)        # superd with user: nobody must run it too
+    # The trivial Python handler: its #! names superd's interpreter (a path
+    # of this checkout, hence written here rather than committed).
+    HELLO_PY.write_text(f"#!{PYTHON}\n" + (BENCH / "hello.py").read_text())
+    HELLO_PY.chmod(0o755)
 
 
 def wait_for(predicate, what, proc, timeout=10.0):
@@ -99,14 +105,43 @@ class Contender:
         except ProcessLookupError:
             pass
 
+    def start_on_a_free_port(self, argv_for, tries=5):
+        """For a server that cannot bind port 0: take an ephemeral port, release
+        it, start the server on it, and retry on a clash (bench code only)."""
+        for _ in range(tries):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = self.popen(argv_for(port))
+            try:
+                self.port = wait_for(lambda: listening_port(proc.pid), self.name, proc)
+                return
+            except RuntimeError as e:
+                log(f"{self.name}: {e}; trying another port")
+                self.stop()
+        raise RuntimeError(f"{self.name}: could not start")
+
     def pin(self, cpus):
         """Set the daemon's CPU affinity; handlers it starts from now on inherit it."""
         psutil.Process(self.proc.pid).cpu_affinity(cpus or ALL_CPUS)
 
     def cpu(self):
-        """(daemon CPU s, CPU s of the children it has reaped) so far."""
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system, t.children_user + t.children_system
+        """(daemon CPU s, CPU s of every process it started, live or reaped) so far.
+
+        Live descendants count with what they used and reaped; reaped ones
+        through their parent: a preload fork server's handlers, nginx's
+        workers and a wait-mode handler are all counted, each once.
+        """
+        me = psutil.Process(self.proc.pid)
+        t = me.cpu_times()
+        kids = t.children_user + t.children_system
+        for p in me.children(recursive=True):
+            try:
+                k = p.cpu_times()
+            except psutil.Error:
+                continue
+            kids += k.user + k.system + k.children_user + k.children_system
+        return t.user + t.system, kids
 
     def health(self):
         """The daemon's children, zombies among them, and its resident memory now."""
@@ -144,10 +179,11 @@ class Tcpserver(Contender):
     name = "tcpserver"
     describe = ("ucspi-tcp `tcpserver -1 -R -H -l 0 -b 1024 -c 1000 127.0.0.1 0 hello`: "
                 "fork + exec per connection; no DNS or ident look-ups; quiet (its default)")
+    program = (str(HELLO),)           # what it runs per connection
 
     def start(self):
         proc = self.popen(["tcpserver", "-1", "-R", "-H", "-l", "0", "-b", "1024",
-                           "-c", "1000", "127.0.0.1", "0", str(HELLO)],
+                           "-c", "1000", "127.0.0.1", "0", *self.program],
                           stdout=subprocess.PIPE)
         line = proc.stdout.readline().decode().strip()    # -1: prints the bound port
         if not line.isdigit():
@@ -216,40 +252,39 @@ class SocketActivate(Contender):
                 "bench picks PORT)")
 
     def start(self):
-        # It cannot bind port 0: take an ephemeral port, release it, retry on a clash.
-        for _ in range(5):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            proc = self.popen(["systemd-socket-activate", "--accept", "-l",
-                               f"127.0.0.1:{port}", str(HELLO)])
-            try:
-                self.port = wait_for(lambda: listening_port(proc.pid), self.name, proc)
-                return
-            except RuntimeError as e:
-                log(f"{self.name}: {e}; trying another port")
-                self.stop()
-        raise RuntimeError(f"{self.name}: could not start")
+        self.start_on_a_free_port(lambda port: ["systemd-socket-activate", "--accept", "-l",
+                                                f"127.0.0.1:{port}", str(HELLO)])
 
 
 class Superd(Contender):
+    """superd serving one service, "hello"; subclasses change its settings."""
+
     name = "superd"
-    user = None
+    # The service's keys, as YAML text; a subclass's `settings` are added on top
+    # (a value of None drops a key, e.g. `server` for an `internal:` service).
+    base = {"listen": '"127.0.0.1:0"', "server": str(HELLO), "instances": "1000"}
+    settings = {}
+    ready_event = None        # a log event to wait for after the ready file
+    per_connection = "posix_spawn per connection"
+
+    def service(self):
+        keys = {**self.base, **self.settings}
+        return {k: v for k, v in keys.items() if v is not None}
 
     @property
     def describe(self):
-        extra = f", `user: {self.user}`" if self.user else ""
-        return (f"`.venv/bin/superd -f services.yaml --ready-file ready.json` with "
-                f"`listen: 127.0.0.1:0`, `instances: 1000`{extra}; posix_spawn per "
-                f"connection; logs one line per connection to stderr, a file here")
+        extra = "".join(f", `{k}: {v}`" for k, v in self.settings.items()
+                        if v is not None and k != "server")
+        program = self.settings.get("server")
+        what = f" serving `{Path(program).name}`" if program else ""
+        return (f"`.venv/bin/superd -f services.yaml --ready-file ready.json`{what} with "
+                f"`listen: 127.0.0.1:0`, `instances: 1000`{extra}; {self.per_connection}; "
+                f"logs one line per handler to stderr, a file here")
 
     def start(self):
         conf = self.dir / "services.yaml"
-        lines = ["services:", "  hello:", '    listen: "127.0.0.1:0"',
-                 f"    server: {HELLO}", "    instances: 1000"]
-        if self.user:
-            lines.append(f"    user: {self.user}")
-        conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("services:\n  hello:\n" + "".join(
+            f"    {k}: {v}\n" for k, v in self.service().items()))
         ready = self.dir / "ready.json"
         proc = self.popen([str(SUPERD), "-f", str(conf), "--ready-file", str(ready)])
 
@@ -263,11 +298,24 @@ class Superd(Contender):
         if host != "127.0.0.1":
             raise RuntimeError(f"superd bound {host}, not 127.0.0.1")
         self.port = int(port)
+        if self.ready_event:
+            wait_for(lambda: self.ready_event in self.log_summary(),
+                     f"{self.name}: {self.ready_event}", proc, timeout=30)
 
 
-class SuperdNobody(Superd):
-    name = "superd-nobody"
-    user = "nobody"
+def superd_variant(name, settings, per_connection=None, ready_event=None):
+    """A Superd contender class named `name` with these service settings."""
+    attrs = {"name": name, "settings": settings}
+    if per_connection:
+        attrs["per_connection"] = per_connection
+    if ready_event:
+        attrs["ready_event"] = ready_event
+    return type(name.title().replace("-", "").replace(".", ""), (Superd,), attrs)
+
+
+SuperdNobody = superd_variant(
+    "superd-nobody", {"user": "nobody"},
+    "posix_spawn by superd's spawn server for the service, which runs as that user")
 
 
 PEERS = [Tcpserver, Xinetd, SocketActivate]
@@ -319,33 +367,49 @@ def _busy(t):
 
 
 def load(contender, concurrency, duration, maxconn, load_cpus=None):
-    """One bounded connload run against a contender, with CPU accounting.
-
-    Returns connload's JSON plus: the daemon's and its reaped handlers' CPU
-    per connection, and `foreign_cpu`, the share of the machine's task time
-    that neither the contender, its handlers nor connload used (another job
-    on the machine: a run to distrust when it is high).
-    """
+    """One bounded connload run against a contender, with CPU accounting (measured())."""
     cmd = [str(CONNLOAD), "-a", "127.0.0.1", "-p", str(contender.port),
            "-c", str(concurrency), "-d", str(duration), "-n", str(maxconn), "-q"]
+    out, cpu = measured(contender, cmd, load_cpus, timeout=duration + 90)
+    res = json.loads(out)
+    res["per_s"] = res["conn_per_s"]
+    res.update(cpu_shares(cpu, res["completed"]))
+    return res
+
+
+def measured(contender, cmd, load_cpus, timeout):
+    """Run a load generator (pinned to load_cpus) against a contender.
+
+    Returns its stdout and the CPU seconds, during the run, of the daemon,
+    of the processes it started, of the load generator, of the whole
+    machine's tasks, and the CPU capacity (wall time × CPUs).
+    """
     if load_cpus:
         cmd = ["taskset", "-c", ",".join(map(str, load_cpus))] + cmd
     cpu0, kids0 = contender.cpu()
     us0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     sys0, wall0 = psutil.cpu_times(), time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                       timeout=duration + 90)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout)
     sys1, wall1 = psutil.cpu_times(), time.monotonic()
     us1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1, kids1 = contender.cpu()
-    res = json.loads(r.stdout)
-    n = max(res["completed"], 1)
-    daemon, kids = cpu1 - cpu0, kids1 - kids0
-    gen = (us1.ru_utime + us1.ru_stime) - (us0.ru_utime + us0.ru_stime)
-    res["daemon_cpu_us_per_conn"] = daemon / n * 1e6
-    res["children_cpu_us_per_conn"] = kids / n * 1e6
-    res["connload_cpu_s"] = gen
-    capacity = (wall1 - wall0) * len(ALL_CPUS)
-    res["machine_busy"] = (_busy(sys1) - _busy(sys0)) / capacity
-    res["foreign_cpu"] = max(0.0, (_busy(sys1) - _busy(sys0) - daemon - kids - gen) / capacity)
-    return res
+    return r.stdout, {
+        "daemon": cpu1 - cpu0, "kids": kids1 - kids0,
+        "loader": (us1.ru_utime + us1.ru_stime) - (us0.ru_utime + us0.ru_stime),
+        "machine": _busy(sys1) - _busy(sys0), "capacity": (wall1 - wall0) * len(ALL_CPUS)}
+
+
+def cpu_shares(cpu, completed):
+    """measured()'s CPU seconds as µs per completed unit and shares of the machine.
+
+    `foreign_cpu` is the share of the machine's task time that neither the
+    contender, the processes it started nor the load generator used (another
+    job on the machine: a run to distrust when it is high).
+    """
+    n = max(completed, 1)
+    return {"daemon_cpu_us_per_conn": cpu["daemon"] / n * 1e6,
+            "children_cpu_us_per_conn": cpu["kids"] / n * 1e6,
+            "loader_cpu_s": cpu["loader"],
+            "machine_busy": cpu["machine"] / cpu["capacity"],
+            "foreign_cpu": max(0.0, (cpu["machine"] - cpu["daemon"] - cpu["kids"]
+                                     - cpu["loader"]) / cpu["capacity"])}

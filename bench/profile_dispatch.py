@@ -10,6 +10,10 @@ innermost frames.  strace slows the daemon a lot; the counts, not the rate,
 are the result.  Writes bench/out/profile.md.
 
     bench/profile_dispatch.sh [N] [contender,...]
+
+The contenders are the dispatch bench's; named ones may also come from
+bench/protection.py (superd-checks, superd-rlimits) or
+bench/python_handlers.py (python-preload, ...).
 """
 
 import signal
@@ -26,11 +30,12 @@ CONCURRENCY = 16
 SAMPLE_S = 5
 
 
-def strace_counts(pid, run):
-    """{syscall: calls} of one process (not its children) while run() goes."""
+def strace_counts(pid, run, follow=False):
+    """{syscall: calls} of one process (with follow: and the children it starts
+    from now on) while run() goes."""
     out = Path(tempfile.mkstemp(prefix="strace-", suffix=".txt", dir=cs.OUT)[1])
-    tracer = subprocess.Popen(["strace", "-c", "-o", str(out), "-p", str(pid)],
-                              stderr=subprocess.PIPE, text=True)
+    tracer = subprocess.Popen(["strace", "-c", *(["-f"] if follow else []), "-o", str(out),
+                               "-p", str(pid)], stderr=subprocess.PIPE, text=True)
     tracer.stderr.readline()          # "strace: Process N attached": counting from here
     try:
         result = run()
@@ -99,19 +104,35 @@ def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     only = sys.argv[2] if len(sys.argv) > 2 else ""
     cs.build()
-    workdir = Path(tempfile.mkdtemp(prefix="profile-", dir=cs.OUT))
-    report = [f"Syscalls of the dispatching process only (`strace -c -p PID`, no -f), "
-              f"over {n} connections at concurrency {CONCURRENCY}; "
-              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
-    for kind in cs.kinds(True, only):
+    write_report([f"Syscalls of the dispatching process only (`strace -c -p PID`, no -f), "
+                  f"over {n} connections at concurrency {CONCURRENCY}; "
+                  f"{time.strftime('%Y-%m-%d %H:%M')}.", ""],
+                 chosen(only), lambda c: profile(c, n), cs.OUT / "profile.md")
+
+
+def chosen(only):
+    """The dispatch contenders, or those named from any connload comparison."""
+    if not only:
+        return cs.kinds(True)
+    import protection
+    import python_handlers
+    known = {k.name: k for k in cs.kinds(True) + protection.KINDS + python_handlers.KINDS}
+    return [known[name] for name in only.split(",")]
+
+
+def write_report(lines, kinds, profile_one, path):
+    """Start each contender in turn, add profile_one(contender)'s lines, stop it;
+    write the report to path and print it."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{path.stem}-", dir=cs.OUT))
+    for kind in kinds:
         c = kind(workdir)
         try:
             c.start()
-            report += profile(c, n)
+            lines += profile_one(c)
         finally:
             c.stop()
-    text = "\n".join(report) + "\n"
-    (cs.OUT / "profile.md").write_text(text)
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
     print(text)
 
 

@@ -11,11 +11,8 @@ __pycache__ may be read-only or disabled (PYTHONDONTWRITEBYTECODE).  A
 reload compiles again; if the cache cannot be written, the source runs.
 """
 
-import hashlib
 import os
-import py_compile
 import sys
-import tempfile
 from pathlib import Path
 
 # name: (file in handlers/, arguments before the service's own args)
@@ -51,6 +48,8 @@ def internal_argv(name, bytecode=True):
 
 def compiled(source):
     """A current .pyc of source in superd's cache, or source itself if that fails."""
+    import hashlib        # here, not above: ~5 MB of superd's memory when unused
+    import py_compile
     try:
         cache = _cache_dir()
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
@@ -64,6 +63,7 @@ def compiled(source):
 
 def _cache_dir():
     """$XDG_CACHE_HOME/superd, ~/.cache/superd, else a private folder in /tmp."""
+    import tempfile
     base = os.environ.get("XDG_CACHE_HOME") or (
         os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else "")
     candidates = [Path(base, "superd")] if base else []

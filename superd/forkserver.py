@@ -53,6 +53,8 @@ def main():
         _warm_up(code, path, settings["argv"])
         serve = _serve
     stamp = _stamp(path)
+    import gc
+    gc.freeze()            # the warm heap is never collected in children: fewer copied pages
     import selectors
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)

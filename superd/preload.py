@@ -135,6 +135,8 @@ class WarmInterpreter:
         Also notices {"ready": true}.  Returns None when the socket closed.
         """
         exits, self.exits = self.exits, []
+        if self.control is None:          # already reaped and closed in this same wake-up
+            return exits or None
         while True:
             try:
                 data = self.control.recv(65536)

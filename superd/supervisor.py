@@ -154,14 +154,24 @@ class Supervisor(Lifecycle):
             while not (self.stopping and not self.children):
                 flush_log()               # before sleeping: no line waits longer
                 for key, _ in wait_for_events(timers.delay(clock())):
-                    key.data()
-                timers.run_due(clock())
+                    self._guarded(key.data)
+                self._guarded(timers.run_due, clock())
             self.log.info("stopped", pid=os.getpid())
         finally:
             flush_log()
         if self.ready_file:
             unlink_quietly(self.ready_file)
         return 0
+
+    def _guarded(self, callback, *args):
+        """Run one event's work; a bug in it is logged, and everyone else is still served."""
+        try:
+            callback(*args)
+        except Exception as err:          # a safety net, not flow control
+            import traceback
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            self.log.error("internal-error", error=f"{type(err).__name__}: {err}",
+                           at=f"{os.path.basename(where.filename)}:{where.lineno}")
 
     def _sync(self, state):
         """Rule 1: watch each listener of state exactly when it may accept."""

@@ -161,6 +161,7 @@ class Guard:
 
     def __init__(self, service, previous=None):
         self.access = AccessList(service.only_from, service.no_access)
+        self.balancers = AccessList(service.proxy_from)    # who may send a PROXY header
         self.v6_prefix = service.v6_prefix
         self.concurrency = Concurrency(service.per_source) if service.per_source else None
         psr = service.per_source_rate

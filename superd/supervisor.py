@@ -36,7 +36,7 @@ from superd.pending import ProxyReader
 from superd.runstate import Child, ServiceState
 from superd.stderrlog import HandlerStderr
 from superd.sysutil import (client_text, errname, ignore_in_handler, killpg, load_reader,
-                            local_address, peer_text, readable, refusal, unlink_quietly)
+                            local_address, peer_text, readable, unlink_quietly)
 from superd.timers import Timers
 
 ACCEPT_BATCH = 32        # connections taken per wake-up before looking at the rest
@@ -234,7 +234,8 @@ class Supervisor(Lifecycle):
         service = state.service
         inet = isinstance(peer, tuple)
         if service.proxy_protocol != "none" and not proxied:
-            if inet and service.proxy_from and refusal(service.proxy_from, peer[0]):
+            if inet and state.guard.balancers and \
+                    state.guard.balancers.refusal(limits.client_ip(peer[0])):
                 return self._refuse(state, fd, peer, "proxy_from")
             return self.proxies.add(state, listener, fd, peer)
         release = None

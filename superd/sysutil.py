@@ -8,13 +8,7 @@ import os
 import select
 import socket
 
-from superd import limits, spawn
-
-
-def refusal(networks, ip_text):
-    """True if the address is in none of the networks."""
-    ip = limits.client_ip(ip_text)
-    return not any(ip in net for net in networks if net.version == ip.version)
+from superd import spawn
 
 
 def local_address(fd):

@@ -245,7 +245,7 @@ def connect(address, timeout=TIMEOUT):
     return sock
 
 
-def read_all(sock, limit=1 << 20):
+def read_all(sock, limit=64 << 20):
     """Read until EOF (the socket's timeout applies to every recv)."""
     chunks = []
     total = 0

@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import read_all  # noqa: F401  (re-exported for the classic tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC = ROOT / "handlers" / "classic.py"
 TIMEOUT = 10.0
@@ -107,18 +109,6 @@ def load_classic():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def read_all(sock, limit=64 << 20):
-    """Read until EOF (the socket's timeout bounds each recv)."""
-    chunks, total = [], 0
-    while total < limit:
-        data = sock.recv(65536)
-        if not data:
-            break
-        chunks.append(data)
-        total += len(data)
-    return b"".join(chunks)
 
 
 def recv_exact(sock, size):

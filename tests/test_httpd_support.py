@@ -20,11 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import LogReader
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "handlers" / "httpd.py"
@@ -143,49 +143,20 @@ def request(path, method="GET", headers=(), body=b"", version="HTTP/1.1", host="
 # log collection and process handling
 # -------------------------------------------------------------------------
 
-class Lines(threading.Thread):
-    """Collects a stream's lines; wait_for() blocks on a condition."""
+class Lines(LogReader):
+    """A stream's lines, collected from the start; wait_for() returns the match."""
 
     def __init__(self, stream):
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.lines = []
-        self.closed = False
-        self.cond = threading.Condition()
+        super().__init__(stream)
         self.start()
 
-    def run(self):
-        for raw in self.stream:
-            with self.cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
     def wait_for(self, pattern, timeout=TIMEOUT):
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or self.closed:
-                    raise AssertionError("no line matching %r in:\n%s"
-                                         % (pattern, "\n".join(self.lines)))
-                self.cond.wait(left)
+        return re.search(pattern, super().wait_for(pattern, timeout))
 
     def wait_closed(self, timeout=TIMEOUT):
         with self.cond:
             self.cond.wait_for(lambda: self.closed, timeout)
             return self.closed
-
-    def text(self):
-        with self.cond:
-            return "\n".join(self.lines)
 
 
 def kill_group(proc):

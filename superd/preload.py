@@ -74,7 +74,9 @@ class WarmInterpreter:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
                     "rlimits": list(self.service.rlimits), "uid": self.service.uid,
-                    "gid": self.service.gid, "groups": list(self.service.groups)}
+                    "gid": self.service.gid, "groups": list(self.service.groups),
+                    # internal handlers are written to be imported: their top level runs once
+                    "split_main": bool(self.service.internal)}
         if not self.service.preload:
             from superd.spawn import recipe
             plain = recipe(self.service, credentials=False)

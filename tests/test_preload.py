@@ -1,9 +1,11 @@
 """preload: true — a warm interpreter forks each handler; the contract holds."""
 
+import array
 import json
 import os
 import signal
 import socket
+import sys
 
 import psutil
 import pytest
@@ -196,3 +198,137 @@ services:
     with connect(d.address("w")) as sock:
         listen_pid, pid, fds = json.loads(read_all(sock))
     assert int(listen_pid) == pid and fds == "1"
+
+
+SIGNAL_PROBE = r'''
+import os
+fields = dict(line.split(":\t") for line in open("/proc/self/status").read().splitlines()
+              if line.startswith(("SigIgn", "SigCgt", "SigBlk")))
+os.write(1, repr(sorted(fields.items())).encode())
+'''
+
+
+def test_signal_dispositions_are_those_of_an_execd_handler(superd, tmp_path):
+    probe = python_handler(tmp_path, "sig.py", SIGNAL_PROBE)
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", server: {probe}, preload: true}}
+  cold: {{listen: "127.0.0.1:0", server: {probe}}}
+""")
+    d.log.wait_for(r"^preload-ready service=warm")
+    with connect(d.address("cold")) as sock:
+        cold = read_all(sock)
+    with connect(d.address("warm")) as sock:
+        warm = read_all(sock)
+    assert b"SigIgn" in cold and warm == cold
+
+
+# -- the fork server alone, driven over its control socket ------------------------------
+
+FORKSERVER = os.path.join(os.path.dirname(__file__), os.pardir, "superd", "forkserver.py")
+SPLIT_HANDLER = r'''
+import os
+with open(os.environ.get("TOP_LOG", "top.log"), "a") as log:
+    log.write("top %d\n" % os.getpid())
+
+def main():
+    os.write(1, b"main %d %s" % (os.getpid(), __name__.encode()))
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+class ForkServer:
+    """forkserver.py started as superd starts it: settings in argv, control on fd 3."""
+
+    def __init__(self, tmp_path, handler, split_main):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        settings = {"argv": [str(handler)], "workdir": str(tmp_path), "rlimits": [],
+                    "uid": -1, "gid": -1, "groups": [], "split_main": split_main}
+        self.stderr = open(tmp_path / "forkserver.err", "w+b")
+        self.pid = os.posix_spawn(
+            sys.executable, [sys.executable, "-S", FORKSERVER, json.dumps(settings)],
+            dict(os.environ), setsid=True,
+            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                          (os.POSIX_SPAWN_DUP2, self.stderr.fileno(), 2)])
+        theirs.close()
+        ours.settimeout(30)
+        self.control = ours
+        self.status = None
+
+    def message(self):
+        return json.loads(self.control.recv(65536) or b"null")
+
+    def start(self, env):
+        """One handler on a fresh socketpair; returns (pid, its output)."""
+        client, handler_end = socket.socketpair()
+        client.settimeout(30)
+        request = json.dumps({"env": list(env.items()), "wait": False, "stderr": "inherit"})
+        self.control.sendmsg([request.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                   array.array("i", [handler_end.fileno()]))])
+        handler_end.close()
+        reply = self.message()
+        while "exit" in reply:
+            reply = self.message()
+        with client:
+            return reply["pid"], read_all(client)
+
+    def wait(self):
+        _, self.status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(self.status)
+
+    def close(self):
+        self.control.close()
+        if self.status is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.wait()
+        self.stderr.close()
+
+
+@pytest.fixture
+def forkserver(tmp_path):
+    started = []
+
+    def start(handler, split_main):
+        server = ForkServer(tmp_path, handler, split_main)
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.mark.parametrize("split_main", [True, False])
+def test_split_main_runs_the_top_level_once_in_the_warm_interpreter(
+        forkserver, tmp_path, split_main):
+    handler = tmp_path / "split.py"
+    handler.write_text(SPLIT_HANDLER)
+    server = forkserver(handler, split_main)
+    ready = server.message()
+    assert ready["ready"] is True
+    env = {"TOP_LOG": str(tmp_path / "top.log")}
+    pids = []
+    for _ in range(3):
+        pid, output = server.start(env)
+        assert output == b"main %d __main__" % pid
+        pids.append(pid)
+    tops = (tmp_path / "top.log").read_text().split()[1::2]
+    if split_main:
+        assert tops == [str(ready["pid"])], "the top level ran once, before any fork"
+    else:
+        assert tops == [str(pid) for pid in pids], "every handler ran its whole file"
+
+
+def test_a_handler_that_does_not_compile_ends_the_fork_server(forkserver, tmp_path):
+    handler = tmp_path / "broken.py"
+    handler.write_text("def main(:\n")
+    server = forkserver(handler, True)
+    assert server.message() is None, "no ready message: the control socket closes"
+    assert server.wait() == 1
+    server.stderr.seek(0)
+    errors = server.stderr.read()
+    assert b"SyntaxError" in errors and b"cannot compile" in errors

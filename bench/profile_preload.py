@@ -90,12 +90,14 @@ def profile(c, n):
 # superd/forkserver.py's own _reset_signals() (signal.signal, the Python
 # wrapper, for each signal) and with the C function underneath (_signal.signal).
 FORK_FLOOR = r"""
-import os, resource, sys
+import os, resource, socket, sys
 import _signal
 from superd import forkserver
 path = sys.argv[1]
-code = compile(open(path, "rb").read(), path, "exec")
-forkserver._warm_up(code, path, [path])     # warm exactly as the fork server is
+fresh = forkserver._signal_table()
+forkserver._warm_up(path, [path], True)     # warm exactly as the fork server is
+forkserver._event_sources(socket.socket())
+forkserver._SIGNALS_TO_RESTORE[:] = forkserver._changed_signals(fresh)
 
 def reset_c():
     for sig in range(1, _signal.NSIG):
@@ -131,7 +133,7 @@ def fork_floor():
     cmd = ["taskset", "-c", "0", str(cs.PYTHON), "-c", FORK_FLOOR,
            str(cs.ROOT / "handlers" / "httpd.py")]
     rows = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    return ["## The floor: one fork of a warm interpreter (superd-httpd's imports), "
+    return ["## The floor: one fork of a warm interpreter (superd-httpd's, as `internal: httpd` has it), "
             "then `os._exit`", "",
             "| the child does, before `os._exit` | parent CPU µs | child CPU µs "
             "| child minor faults |",

@@ -29,6 +29,7 @@ superd then starts a fresh warm interpreter.  {"exit": pid, "status": N}
 reports each child it reaped, since superd cannot wait for a grandchild.
 """
 
+import _signal
 import json
 import os
 import signal
@@ -41,7 +42,7 @@ MAX_MESSAGE = 1 << 20
 
 def main():
     settings = json.loads(sys.argv[1])
-    _FRESH_SIGNALS.update(_signal_table())   # as this fresh interpreter has them
+    fresh_signals = _signal_table()          # as a freshly started interpreter has them
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = socket.socket(fileno=CONTROL_FD)
     os.chdir(settings["workdir"])
@@ -54,22 +55,15 @@ def main():
         program = _warm_up(path, settings["argv"], settings.get("split_main"))
         serve = _serve
     stamp = _stamp(path)
+    poller, wake_r = _event_sources(control)
+    _SIGNALS_TO_RESTORE[:] = _changed_signals(fresh_signals)
     import gc
     gc.freeze()            # the warm heap is never collected in children: fewer copied pages
-    import selectors
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)    # all work happens in the loop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    selector = selectors.DefaultSelector()
-    selector.register(control, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
     _send(control, {"ready": True, "pid": os.getpid()})
+    wake_fd = wake_r.fileno()
     while True:
-        for key, _ in selector.select():
-            if key.fileobj is wake_r:
+        for fd, _ in poller.poll():
+            if fd == wake_fd:
                 _drain(wake_r)
                 _reap(control)
                 continue
@@ -81,6 +75,25 @@ def main():
                 _send(control, {"stale": True})
                 return
             serve(control, program, settings, json.loads(data), fds)
+
+
+def _event_sources(control):
+    """An epoll on the control socket and on a wake-up socket that SIGCHLD writes to.
+
+    select.epoll itself, not selectors: its Python layer would run (and, with
+    children alive, copy the pages of) several frames per wake-up.
+    """
+    import select
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.detach(), warn_on_full_buffer=False)   # open for good
+    signal.signal(signal.SIGCHLD, lambda *_: None)    # all work happens in the loop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    poller = select.epoll()
+    poller.register(control.fileno(), select.EPOLLIN)
+    poller.register(wake_r.fileno(), select.EPOLLIN)
+    return poller, wake_r
 
 
 def _drain(sock):
@@ -132,7 +145,7 @@ _SIGDEF = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)]
 def _become_handler(program, settings, request, fds):
     status = 1
     try:
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         os.setsid()
         _arrange_fds(fds, request["wait"], request["stderr"])
         _reset_signals()
@@ -140,8 +153,7 @@ def _become_handler(program, settings, request, fds):
         env = dict(request["env"])
         if request["wait"]:
             env["LISTEN_PID"] = str(os.getpid())
-        os.environ.clear()
-        os.environ.update(env)
+        _set_environ(env)
         _fresh_std_streams()
         sys.argv = list(settings["argv"])
         status = _run_main(program, settings["argv"][0])
@@ -153,6 +165,32 @@ def _become_handler(program, settings, request, fds):
             pass
     finally:
         os._exit(status)
+
+
+def _set_environ(env):
+    """os.environ (and the C environment that exec'd programs inherit) = env.
+
+    Through the mapping's own store and the C functions: os.environ's
+    MutableMapping methods run a Python frame per variable, and every frame
+    touched in a forked child copies pages of the warm interpreter.
+    """
+    old = getattr(os.environ, "_data", None)
+    if not isinstance(old, dict):            # not CPython's os._Environ: the slow way
+        os.environ.clear()
+        os.environ.update(env)
+        return
+    for key in old:
+        os.unsetenv(key)
+    data = {}
+    for key, value in env.items():
+        key, value = _fs_encode(key), _fs_encode(value)
+        os.putenv(key, value)
+        data[key] = value
+    os.environ._data = data
+
+
+def _fs_encode(text, encoding=sys.getfilesystemencoding()):
+    return text.encode(encoding, "surrogateescape")
 
 
 def _arrange_fds(fds, wait, stderr_mode):
@@ -179,20 +217,27 @@ def _signal_table():
     return table
 
 
-_FRESH_SIGNALS = {}
+def _changed_signals(fresh):
+    """(signal number, handler) pairs, as plain ints where _signal.signal wants them."""
+    return [(int(sig), int(handler) if isinstance(handler, int) else handler)
+            for sig, handler in fresh.items()
+            if handler is not None and signal.getsignal(sig) != handler]
+
+
+_SIGNALS_TO_RESTORE = []      # (signal, handler): what differs from a fresh interpreter
 
 
 def _reset_signals():
-    """Back to a fresh interpreter's dispositions, changing only what differs.
+    """Back to a fresh interpreter's dispositions and an empty mask.
 
-    Python knows every handler set in this process (the fork server's own
-    and any a warm import set), so a comparison with the table taken at
-    start-up costs no system call; each difference costs one.
+    The differences (the fork server's own SIGCHLD handler, any a warm import
+    set) are listed once, before the first fork; walking every signal in
+    each child would copy the pages of every handler object it touches.
+    The C functions of _signal, because signal's wrappers build enums.
     """
-    for sig, fresh in _FRESH_SIGNALS.items():
-        if signal.getsignal(sig) != fresh and fresh is not None:
-            signal.signal(sig, fresh)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig, handler in _SIGNALS_TO_RESTORE:
+        _signal.signal(sig, handler)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
 def _apply_limits(settings):

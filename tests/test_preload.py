@@ -332,3 +332,21 @@ def test_a_handler_that_does_not_compile_ends_the_fork_server(forkserver, tmp_pa
     server.stderr.seek(0)
     errors = server.stderr.read()
     assert b"SyntaxError" in errors and b"cannot compile" in errors
+
+
+def test_programs_a_preloaded_handler_runs_inherit_its_environment(superd, tmp_path):
+    handler = python_handler(tmp_path, "env.py", r'''
+import json, os, subprocess
+seen = subprocess.run(["/usr/bin/env", "-0"], capture_output=True, check=True).stdout
+inherited = dict(item.split("=", 1) for item in seen.decode().split("\0") if item)
+os.write(1, json.dumps([dict(os.environ), inherited]).encode())
+''')
+    d = start_preloaded(superd, f"""
+services:
+  e: {{listen: "127.0.0.1:0", server: {handler}, env: {{GREETING: hi}}, preload: true}}
+""")
+    for _ in range(2):
+        with connect(d.address("e")) as sock:
+            mapping, inherited = json.loads(read_all(sock))
+        assert mapping == inherited
+        assert mapping["GREETING"] == "hi" and mapping["REMOTE_ADDR"] == "127.0.0.1"

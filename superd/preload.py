@@ -6,16 +6,27 @@ only posix_spawns, so no connection pays for a setpriv exec.
 
 A `WarmInterpreter` starts forkserver.py (with posix_spawn, like any
 handler) and talks to it over a SOCK_SEQPACKET socketpair: each start
-sends the connection's fd (and the stderr fd) with SCM_RIGHTS and gets the
-new handler's pid back.  The handler is a child of the fork server, so the
-fork server reports its exit status; superd is a child subreaper, so a
-handler whose fork server died is re-parented to superd and reaped there.
+sends the connection's fd (and the stderr fd) with SCM_RIGHTS, and the
+server answers {"pid": N} (or {"error": ...}, {"stale": true}) later.  The
+loop never waits for that answer: it goes on accepting, and reads answers
+when the socket is readable, as it reads the server's exit reports.  The
+socket keeps messages in order and the server answers requests in the
+order it got them, so each answer belongs to the oldest start not yet
+answered.  The handler is a child of the fork server, so the fork server
+reports its exit status; superd is a child subreaper, so a handler whose
+fork server died is re-parented to superd and reaped there.
 
-Rule 1: `fork()` raises WarmUnavailable whenever the warm interpreter
-cannot serve (not ready yet, gone, or its handler file changed); the caller
-then starts the handler with exec as usual, and the connection is never lost.
+Rule 1: a start the warm interpreter cannot serve (not ready, gone, its
+socket full, its handler file changed, its fork failed, or it died before
+answering) is started with exec by the caller, and the connection is never
+lost: the caller keeps its own copy of the connection until the answer.
 Rule 2: the fork server is superd's child and is reaped by the supervisor,
-which calls `gone()` and decides when to start a new one.
+which calls `reaped()`; the pool decides when to start a new one.
+Rule 3: every start sent ends in exactly one of the pool's on_started and
+on_unanswered: at its answer, or when its server's socket reaches end of
+file, or when its server is reaped, whichever comes first.  A server that
+leaves starts waiting REPLY_TIMEOUT s without answering any is killed, which
+ends them too.
 """
 
 import ctypes
@@ -25,6 +36,7 @@ import selectors
 import signal
 import socket
 import sys
+from collections import deque
 from pathlib import Path
 
 from superd.handlers_path import internal_source
@@ -36,6 +48,10 @@ REPLY_TIMEOUT = 5.0
 
 class WarmUnavailable(Exception):
     """The warm interpreter cannot start this handler; use exec."""
+
+
+class WarmBusy(WarmUnavailable):
+    """Too many starts wait for its answers already; exec this one (no trouble)."""
 
 
 def become_subreaper():
@@ -62,21 +78,28 @@ def handler_argv(service):
 
 
 class WarmInterpreter:
+    """One server process and superd's end of its control socket.
+
+    Requests go out without waiting; `pending` remembers, in order, whose
+    answer is still owed, since the server answers every request in turn.
+    """
+
     def __init__(self, service):
         self.service = service
         self.control = None              # our end of the socketpair
         self.pid = 0
         self.ready = False
-        self.exits = []                  # (pid, status) reported while we waited
+        self.eof = False                 # the server closed its end: nothing more will come
+        self.pending = deque()           # tokens of the starts sent and not answered, oldest first
+        self.answered = 0                # answers so far (the pool's watchdog compares them)
+        self.watchdog = None             # the pool's timer while starts wait
 
     def start(self, spawner, workdir):
         """Spawn the fork server; returns its pid.  Raises OSError."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
                     "rlimits": list(self.service.rlimits), "uid": self.service.uid,
-                    "gid": self.service.gid, "groups": list(self.service.groups),
-                    # internal handlers are written to be imported: their top level runs once
-                    "split_main": bool(self.service.internal)}
+                    "gid": self.service.gid, "groups": list(self.service.groups)}
         if not self.service.preload:
             from superd.spawn import recipe
             plain = recipe(self.service, credentials=False)
@@ -90,13 +113,19 @@ class WarmInterpreter:
             raise
         finally:
             theirs.close()
-        ours.setblocking(False)          # the loop reads it; only fork() waits, with a timeout
+        ours.setblocking(False)          # the loop reads it and never waits on it
         self.control = ours
         self.ready = False
         return self.pid
 
-    def fork(self, sock_fd, env, err_fd, wait_mode, stderr_mode):
-        """Start one handler on sock_fd; returns its pid."""
+    def send(self, sock_fd, env, err_fd, wait_mode, stderr_mode, token):
+        """Ask for one handler on sock_fd; its answer comes later, for token.
+
+        The message carries duplicates of the fds (SCM_RIGHTS): the caller
+        keeps its own.  Raises WarmBusy when the socket's buffer is full,
+        WarmUnavailable when the server cannot serve (and then it is not
+        `ready` any more).
+        """
         if not self.ready or self.control is None:
             raise WarmUnavailable("not ready")
         fds = [sock_fd] + ([err_fd] if err_fd is not None else [])
@@ -105,54 +134,29 @@ class WarmInterpreter:
         try:
             self.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                               _pack_fds(fds))])
-            reply = self._wait_reply()
+        except BlockingIOError:
+            raise WarmBusy("control socket full") from None
         except OSError as err:
             self.ready = False
             raise WarmUnavailable(f"control socket: {err}") from None
-        if "pid" in reply:
-            return reply["pid"]
-        self.ready = False
-        if reply.get("stale"):
-            raise WarmUnavailable("handler file changed")
-        raise WarmUnavailable(reply.get("error", "fork failed"))
-
-    def _wait_reply(self):
-        self.control.settimeout(REPLY_TIMEOUT)
-        try:
-            while True:
-                data = self.control.recv(65536)
-                if not data:
-                    raise OSError("fork server closed the control socket")
-                message = json.loads(data)
-                if "exit" in message:
-                    self.exits.append((message["exit"], message["status"]))
-                    continue
-                return message
-        finally:
-            self.control.setblocking(False)
+        self.pending.append(token)
 
     def messages(self):
-        """Read what the fork server sent on its own; returns [(pid, status)] exits.
+        """Yield each message the server sent, as a dict, until none is queued.
 
-        Also notices {"ready": true}.  Returns None when the socket closed.
+        Never blocks.  At end of file, `eof` becomes True.
         """
-        exits, self.exits = self.exits, []
-        if self.control is None:          # already reaped and closed in this same wake-up
-            return exits or None
-        while True:
+        while self.control is not None and not self.eof:
             try:
                 data = self.control.recv(65536)
             except (BlockingIOError, InterruptedError):
-                return exits
+                return
             except OSError:
                 data = b""
             if not data:
-                return exits if exits else None
-            message = json.loads(data)
-            if message.get("ready"):
-                self.ready = True
-            elif "exit" in message:
-                exits.append((message["exit"], message["status"]))
+                self.eof = True
+                return
+            yield json.loads(data)
 
     def stop(self):
         """Close the control socket: the fork server exits when it sees EOF."""
@@ -164,6 +168,9 @@ class WarmInterpreter:
     def gone(self):
         self.stop()
         self.pid = 0
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
 
 
 def _pack_fds(fds):
@@ -186,23 +193,28 @@ def is_python_program(path):
 class WarmPool:
     """Every service's warm interpreter: started, watched, restarted, stopped.
 
-    The supervisor tells it the current services (`configure`), asks it for
-    a ready interpreter per start (`ready_for`), hands it every reaped pid
-    (`reaped` says whether it was a fork server) and calls `stop_all` on
-    shutdown.  Handler exits the fork servers report go to on_exit(pid, status).
+    The supervisor tells it the current services (`configure`), hands it
+    starts (`send`), hands it every reaped pid (`reaped` says whether it was
+    a fork server) and calls `stop_all` on shutdown.  What the servers say
+    comes back through three callbacks, in the loop: on_started(token, pid)
+    when a start is answered with a pid, on_unanswered(token) when it never
+    will be (exec it), on_exit(pid, status) for each handler exit they report.
     """
 
     RESTART_MIN, RESTART_MAX = 0.5, 30.0
 
-    def __init__(self, selector, timers, spawner, log, on_exit, clock):
+    def __init__(self, selector, timers, spawner, log, clock, on_started, on_unanswered,
+                 on_exit):
         self.selector = selector
         self.timers = timers
         self.spawner = spawner
         self.log = log
-        self.on_exit = on_exit
         self.clock = clock
+        self.on_started = on_started
+        self.on_unanswered = on_unanswered
+        self.on_exit = on_exit
         self.current = {}        # service name -> WarmInterpreter (the one to use)
-        self.by_pid = {}         # fork server pid -> (name, WarmInterpreter)
+        self.by_pid = {}         # fork server pid -> (name, WarmInterpreter), until reaped
         self.delay = {}          # service name -> next restart delay
         self.services = {}       # service name -> config.Service wanting preload
         self.stopping = False
@@ -217,21 +229,25 @@ class WarmPool:
         for name in self.services:
             self._start(name)
 
-    def ready_for(self, name):
-        warm = self.current.get(name)
-        return warm if warm is not None and warm.ready else None
+    def send(self, name, recipe, sock_fd, env, wait_mode, token):
+        """Hand one start to the service's server, if one is ready.
 
-    def trouble(self, name, why):
-        """A start fell back to exec; make sure a new interpreter follows."""
+        Returns (True, stderr read fd or None) once sent; its answer comes
+        later, for token (Rule 3).  Returns (False, None) when the caller must
+        exec it now: no server ready, its socket full, or trouble (logged).
+        """
         warm = self.current.get(name)
-        self.log.warning("preload-unavailable", service=name, reason=str(why), fallback="exec")
-        if warm is not None and warm.pid:
-            _kill(warm.pid)
-
-    def drain(self, warm):
-        for pid, status in warm.exits:
-            self.on_exit(pid, status)
-        warm.exits = []
+        if warm is None or not warm.ready:
+            return False, None
+        try:
+            err_fd = self.spawner.send(warm, recipe, sock_fd, env, wait_mode, token)
+        except WarmBusy:
+            return False, None
+        except WarmUnavailable as why:
+            self._trouble(name, warm, why)
+            return False, None
+        self._watch_answers(name, warm)
+        return True, err_fd
 
     def reaped(self, pid, status, outcome):
         """True if pid was a fork server (then restart it when still wanted)."""
@@ -239,6 +255,8 @@ class WarmPool:
         if entry is None:
             return False
         name, warm = entry
+        self._read(name, warm)            # what it said before it died: answers, exits
+        self._unanswered(name, warm, "fork server exited")
         self._unwatch(warm)
         warm.gone()
         if self.current.get(name) is warm:
@@ -250,6 +268,18 @@ class WarmPool:
             if not self.stopping:
                 self.timers.at(self.clock() + delay, lambda: self._restart(name))
         return True
+
+    def catch_up(self):
+        """Read every server that owes answers, before superd calls a reaped pid unknown.
+
+        A handler whose server died is re-parented to superd and may be
+        reaped by it before the message with its pid has been read; the
+        server's socket reaches end of file before that, so all it said can
+        be read now.
+        """
+        for name, warm in list(self.by_pid.values()):
+            if warm.pending:
+                self._read(name, warm)
 
     def stop_all(self):
         self.stopping = True
@@ -273,7 +303,7 @@ class WarmPool:
         self.current[name] = warm
         self.by_pid[pid] = (name, warm)
         self.selector.register(warm.control, selectors.EVENT_READ,
-                               lambda: self._readable(name, warm))
+                               lambda: self._read(name, warm))
         self.log.info("preload-starting", service=name, pid=pid,
                       mode="fork" if service.preload else "spawn")
 
@@ -281,20 +311,66 @@ class WarmPool:
         if name in self.services and name not in self.current and not self.stopping:
             self._start(name)
 
-    def _readable(self, name, warm):
-        was_ready = warm.ready
-        exits = warm.messages()
-        if exits is None:                 # EOF: it is exiting; the reaper does the rest
+    def _read(self, name, warm):
+        """Act on everything the server sent, in order; at end of file, stop watching it."""
+        for message in warm.messages():
+            if "exit" in message:
+                self.on_exit(message["exit"], message["status"])
+            elif message.get("ready"):
+                warm.ready = True
+                self.delay.pop(name, None)
+                self.log.info("preload-ready", service=name, pid=warm.pid)
+            else:
+                self._answer(name, warm, message)
+        if warm.eof:                      # it is exiting; the reaper does the rest
             self._unwatch(warm)
+            self._unanswered(name, warm, "fork server closed its socket")
+
+    def _answer(self, name, warm, message):
+        """The answer to the oldest start: the server answers each request in turn."""
+        warm.answered += 1
+        token = warm.pending.popleft()
+        if "pid" in message:
+            self.on_started(token, message["pid"])
             return
-        if warm.ready and not was_ready:
-            self.delay.pop(name, None)
-            self.log.info("preload-ready", service=name, pid=warm.pid)
-        for pid, status in exits:
-            self.on_exit(pid, status)
+        self._trouble(name, warm, "handler file changed" if message.get("stale")
+                      else message.get("error", "fork failed"))
+        self.on_unanswered(token)
+
+    def _unanswered(self, name, warm, why):
+        """The server will answer no more: exec every start it still owes."""
+        if not warm.pending:
+            return
+        warm.ready = False
+        self.log.warning("preload-unavailable", service=name, reason=why, fallback="exec",
+                         starts=len(warm.pending))
+        while warm.pending:
+            self.on_unanswered(warm.pending.popleft())
+
+    def _trouble(self, name, warm, why, sig=signal.SIGTERM):
+        """A start must fall back to exec; end this server so that a new one follows."""
+        warm.ready = False
+        self.log.warning("preload-unavailable", service=name, reason=str(why), fallback="exec")
+        if warm.pid:
+            _kill(warm.pid, sig)
+
+    def _watch_answers(self, name, warm):
+        """While starts wait, the server must answer one at least every REPLY_TIMEOUT s."""
+        if warm.watchdog is None and warm.pending:
+            seen = warm.answered
+            warm.watchdog = self.timers.at(self.clock() + REPLY_TIMEOUT,
+                                           lambda: self._overdue(name, warm, seen))
+
+    def _overdue(self, name, warm, seen):
+        warm.watchdog = None
+        if warm.pending and warm.answered == seen and warm.pid:
+            # KILL, not TERM: a stopped server must end too, so that its starts are exec'd
+            self._trouble(name, warm, f"no answer in {REPLY_TIMEOUT:g} s", signal.SIGKILL)
+        self._watch_answers(name, warm)
 
     def _retire(self, warm):
-        """Ask it to finish: it exits at EOF; its handlers go on (we reap them)."""
+        """Ask it to finish: it answers what it was sent, then exits at EOF; its
+        handlers go on (we reap them)."""
         warm.ready = False
         if warm.control is not None:
             try:
@@ -310,8 +386,8 @@ class WarmPool:
                 pass
 
 
-def _kill(pid):
+def _kill(pid, sig):
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except OSError:
         pass

@@ -1,4 +1,5 @@
-"""The runtime records the supervisor keeps: one per service, one per handler.
+"""The runtime records the supervisor keeps: one per service, one per handler,
+one per handler start that a spawn server has not answered yet.
 
 Plain data with the few methods that only touch their own fields; the
 supervisor is the one that changes them.
@@ -52,3 +53,33 @@ class Child:
         self.timed_out = False
         self.release = release        # frees its per-source slot when it ends
         self.timeout = 0.0            # its service's timeout when it started
+
+
+class Start:
+    """One handler start on its way: the connection and what its Child will need.
+
+    A start sent to a spawn server stays one of these until the server answers
+    with a pid (then it becomes a Child) or cannot answer (then it is exec'd).
+    Until then it holds superd's own copy of the connection (`fd`; in wait mode
+    the listener's, which the listener owns) and the read end of the handler's
+    stderr pipe, and it holds a place in its service's `running`.
+    """
+
+    __slots__ = ("state", "fd", "env", "client", "started", "listener", "wait",
+                 "release", "err_fd")
+
+    def __init__(self, state, fd, env, client, started, listener, wait=False, release=None):
+        self.state = state
+        self.fd = fd                  # the connection (nowait, ours to close) or the listener's
+        self.env = env                # the connection's part of the handler's environment
+        self.client = client
+        self.started = started        # when it was dispatched: its Child's start time
+        self.listener = listener      # where it came from (paused on EAGAIN and the like)
+        self.wait = wait              # wait mode: the handler will own `listener`
+        self.release = release        # frees its per-source slot when it ends
+        self.err_fd = None            # read end of its stderr pipe (stderr: log), sent starts only
+
+    def child(self, pid):
+        """The Child this start became."""
+        return Child(pid, self.state, self.client, self.started,
+                     self.listener if self.wait else None, self.release)

@@ -20,6 +20,10 @@ first: `prlimit` (util-linux) sets resource limits, so they hold from the
 handler's first instruction; `setpriv` (util-linux) switches uid, gid and
 groups; `/bin/sh` puts the handler's own pid in LISTEN_PID for wait mode.  The working directory is
 set by changing superd's own (single-threaded, so nothing else sees it).
+
+`Spawner.send` hands the same start (environment, socket, stderr) to a
+service's spawn server or warm interpreter instead (preload.py); it returns
+at once, and the pid comes later on that server's control socket.
 """
 
 import os
@@ -99,43 +103,75 @@ class Spawner:
     def __init__(self):
         self._devnull = None
 
-    def start(self, recipe, sock_fd, extra_env, wait_mode=False, warm=None):
-        """Start one handler on sock_fd; returns (pid, stderr read fd or None).
+    def start(self, recipe, sock_fd, extra_env, wait_mode=False):
+        """posix_spawn one handler on sock_fd; returns (pid, stderr read fd or None).
 
-        With warm (a preload.WarmInterpreter), the warm interpreter forks it;
-        that raises preload.WarmUnavailable, and nothing is left open then.
-        Otherwise posix_spawn: raises OSError (EAGAIN: out of processes;
-        ENOENT/EACCES: the program).
+        Raises OSError (EAGAIN: out of processes; ENOENT/EACCES: the program);
+        nothing is left open then.
         """
-        env = dict(recipe.env)
-        env.update(extra_env)
+        env = self._environment(recipe, extra_env)
         actions = [(os.POSIX_SPAWN_DUP2, sock_fd, 0), (os.POSIX_SPAWN_DUP2, sock_fd, 1)]
         if wait_mode:
             actions.append((os.POSIX_SPAWN_DUP2, sock_fd, 3))
-        err_read = err_child = None
-        if recipe.stderr == "log":
-            err_read, err_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            os.set_blocking(err_write, True)
-            err_child = err_write
-        elif recipe.stderr == "null":
-            err_child = self.devnull()
+        err_read, err_child = self._stderr(recipe)
         if err_child is not None:
             actions.append((os.POSIX_SPAWN_DUP2, err_child, 2))
         try:
-            if warm is not None:
-                pid = warm.fork(sock_fd, env, err_child, wait_mode, recipe.stderr)
-            else:
-                self._chdir(recipe.workdir)
-                pid = os.posix_spawn(recipe.path, recipe.argv, env, file_actions=actions,
-                                     setsid=True, setsigmask=(), setsigdef=_SIGDEF)
+            self._chdir(recipe.workdir)
+            pid = os.posix_spawn(recipe.path, recipe.argv, env, file_actions=actions,
+                                 setsid=True, setsigmask=(), setsigdef=_SIGDEF)
         except BaseException:
-            if err_read is not None:
-                os.close(err_read)
+            self._close_read_end(err_read)
             raise
         finally:
-            if err_read is not None:
-                os.close(err_write)
+            self._close_write_end(err_read, err_child)
         return pid, err_read
+
+    def send(self, warm, recipe, sock_fd, extra_env, wait_mode, token):
+        """Ask warm (a preload.WarmInterpreter) to start one handler on sock_fd.
+
+        Returns the stderr read fd (or None) at once; the pid comes later, with
+        token, on warm's control socket.  Raises preload.WarmUnavailable (or
+        its kind WarmBusy), and nothing is left open then.  The pipe's write end is
+        closed here: the message carries it, and a start that is never
+        answered is exec'd with a pipe of its own.
+        """
+        env = self._environment(recipe, extra_env)
+        err_read, err_child = self._stderr(recipe)
+        try:
+            warm.send(sock_fd, env, err_child, wait_mode, recipe.stderr, token)
+        except BaseException:
+            self._close_read_end(err_read)
+            raise
+        finally:
+            self._close_write_end(err_read, err_child)
+        return err_read
+
+    @staticmethod
+    def _environment(recipe, extra_env):
+        env = dict(recipe.env)
+        env.update(extra_env)
+        return env
+
+    def _stderr(self, recipe):
+        """(read end we keep or None, fd the handler gets as its fd 2 or None)."""
+        if recipe.stderr == "log":
+            err_read, err_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.set_blocking(err_write, True)
+            return err_read, err_write
+        if recipe.stderr == "null":
+            return None, self.devnull()
+        return None, None
+
+    @staticmethod
+    def _close_read_end(err_read):
+        if err_read is not None:
+            os.close(err_read)
+
+    @staticmethod
+    def _close_write_end(err_read, err_child):
+        if err_read is not None:          # a pipe of this start's own (not /dev/null)
+            os.close(err_child)
 
     def start_program(self, path, argv, control_fd, workdir):
         """posix_spawn a helper of superd's own (the preload fork server).

@@ -1,10 +1,12 @@
 """The event loop: accept, dispatch, reap, signals, reload, shutdown.
 
 The Supervisor (this module, with its lifecycle half in lifecycle.py:
-signals, status, reload, shutdown) is the only holder of mutable runtime
-state; runstate.py defines the records it keeps.  One thread sleeps in
-`selector.select` until a listener, a handler's stderr pipe, the signal
-wake-up socket or the next timer needs it.  Signal handlers do nothing:
+signals, status, reload, shutdown, and its starts in starts.py) is the only
+holder of mutable runtime state; runstate.py defines the records it keeps.
+One thread sleeps in `selector.select` until a listener, a handler's stderr
+pipe, a spawn server's control socket, the signal wake-up socket or the next
+timer needs it, and never waits for anything else: a start handed to a spawn
+server (preload.py) is answered in a later wake-up.  Signal handlers do nothing:
 `signal.set_wakeup_fd` writes the signal number to a socketpair and all the
 work happens here, in the loop.
 
@@ -13,7 +15,11 @@ may start a handler on it: not stopping, below `instances`, not paused, and
 (wait mode) no handler owns it.  `_sync` is the only place that decides.
 At the limit the kernel backlog holds new clients; none is refused.
 Rule 2: every handler is in `children` from its spawn until it is reaped;
-every pid that ends is reaped, known or not (superd may be PID 1).
+every pid that ends is reaped, known or not (superd may be PID 1).  A start
+sent to a spawn server is in `starting` until the server answers (then its
+handler joins `children`) or cannot answer (then it is exec'd); meanwhile it
+counts in its service's `running` like a handler, and superd keeps its copy
+of the connection.  superd exits only when both are empty.
 Rule 3: a reload changes nothing until the new file has loaded and every new
 listener is bound; then it swaps states in one step.
 """
@@ -33,7 +39,8 @@ from superd import listeners as sockets
 from superd import preload, reaping, spawn, systemd
 from superd.lifecycle import Lifecycle
 from superd.pending import ProxyReader
-from superd.runstate import Child, ServiceState
+from superd.runstate import ServiceState, Start
+from superd.starts import Starts
 from superd.stderrlog import HandlerStderr
 from superd.sysutil import (client_text, errname, ignore_in_handler, killpg, load_reader,
                             local_address, peer_text, readable, unlink_quietly)
@@ -52,7 +59,7 @@ LOAD_INTERVAL = 1.0      # seconds between load-average checks (only with max_lo
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-class Supervisor(Lifecycle):
+class Supervisor(Lifecycle, Starts):
     def __init__(self, config_path, log, ready_file=None, grace=10.0):
         self.config_path = os.path.abspath(config_path)
         self.log = log
@@ -66,7 +73,8 @@ class Supervisor(Lifecycle):
         self.children = {}        # pid -> Child
         self.watched = set()      # listeners registered in the selector
         self.paused = set()       # listeners resting after an error
-        self.busy = {}            # listener -> pid of the wait-mode handler owning it
+        self.busy = {}            # listener -> pid of the wait-mode handler owning it (None: starting)
+        self.starting = set()     # Starts sent to a spawn server and not answered yet
         self.backoff = set()      # wait-mode listeners held back after fast exits
         self.stderr = HandlerStderr(self.selector, log)
         self.stopping = False
@@ -75,7 +83,8 @@ class Supervisor(Lifecycle):
         self.load_timer = None
         self.load_reader = load_reader()
         self.warm = preload.WarmPool(self.selector, self.timers, self.spawner, self.log,
-                                     self._finish_pid, time.monotonic)
+                                     time.monotonic, on_started=self._spawned,
+                                     on_unanswered=self._unanswered, on_exit=self._finish_pid)
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -151,7 +160,7 @@ class Supervisor(Lifecycle):
         flush_log = self.log.flush
         self.log.buffered()
         try:
-            while not (self.stopping and not self.children):
+            while not (self.stopping and not self.children and not self.starting):
                 flush_log()               # before sleeping: no line waits longer
                 for key, _ in wait_for_events(timers.delay(clock())):
                     self._guarded(key.data)
@@ -249,18 +258,15 @@ class Supervisor(Lifecycle):
         self._dispatch(state, listener, fd, peer, local, release)
 
     def _dispatch(self, state, listener, fd, peer, local=None, release=None):
-        client = "?"
         try:
             env, client = self._connection(listener, fd, peer, local)
-            pid, err_fd, warm = self._start_handler(state, fd, env)
         except OSError as err:
+            os.close(fd)
             if release:
                 release()
-            self._spawn_failed(state, [listener], client, err)
+            self._spawn_failed(state, [listener], "?", err)
             return
-        finally:
-            os.close(fd)
-        self._track(Child(pid, state, client, time.monotonic(), release=release), err_fd, warm)
+        self._launch(Start(state, fd, env, client, time.monotonic(), listener, release=release))
 
     def _connection(self, listener, fd, peer, local=None):
         if not isinstance(peer, tuple):
@@ -338,54 +344,10 @@ class Supervisor(Lifecycle):
         """Wait mode: hand the listener itself to a handler."""
         state.counters.accepted += 1
         listener.sock.setblocking(True)      # the handler gets it in blocking mode
-        try:
-            pid, err_fd, warm = self._start_handler(state, listener.fd, {}, wait_mode=True)
-        except OSError as err:
-            listener.sock.setblocking(False)
-            self._spawn_failed(state, [listener], listener.text, err)
-            self._pause([listener], "spawn", err)   # still readable: must not retry at once
-            return
-        self.busy[listener] = pid
-        self._track(Child(pid, state, listener.text, time.monotonic(), listener), err_fd, warm)
+        self.busy[listener] = None           # the handler being started owns it
+        self._launch(Start(state, listener.fd, {}, listener.text, time.monotonic(), listener,
+                           wait=True))
         self._sync(state)
-
-    def _start_handler(self, state, fd, env, wait_mode=False):
-        """(pid, stderr fd, warm interpreter or None): fork it warm if we can, else exec."""
-        warm = self.warm.ready_for(state.name) if state.warm else None
-        if warm is not None:
-            try:
-                return self.spawner.start(state.recipe, fd, env, wait_mode, warm=warm) + (warm,)
-            except preload.WarmUnavailable as why:
-                self.warm.trouble(state.name, why)
-        return self.spawner.start(state.recipe, fd, env, wait_mode) + (None,)
-
-    def _track(self, child, err_fd, warm=None):
-        state = child.state
-        state.running += 1
-        state.counters.started += 1
-        self.children[child.pid] = child
-        if state.service.timeout:
-            child.timeout = state.service.timeout
-            child.timer = self.timers.at(child.started + child.timeout,
-                                         partial(self._timeout, child))
-        if err_fd is not None:
-            self.stderr.add(err_fd, state.name, child.pid)
-        self.log.debug("start", service=state.name, client=child.client, pid=child.pid,
-                       preload=int(warm is not None))
-        if warm is not None:
-            self.warm.drain(warm)     # exits it reported while we waited for this pid
-        rate = state.guard.rate
-        if rate is not None and rate.started(child.started):
-            self._hold(state, "rate", rate.pause, limit=rate.limit, per=rate.per)
-
-    def _spawn_failed(self, state, listeners, client, err):
-        state.counters.failed += 1
-        self.log.error("spawn-failed", service=state.name, client=client,
-                       program=state.recipe.argv[0], error=errname(err))
-        if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
-            self._pause(listeners, "spawn", err)      # the machine is short, not the service
-        else:
-            self._note_failure(state, time.monotonic())
 
     def _pause(self, listeners, what, err):
         """Rest these listeners briefly: the loop must never spin on an error."""
@@ -412,6 +374,9 @@ class Supervisor(Lifecycle):
             if self.warm.reaped(pid, status, reaping.decode(status)):
                 continue
             child = self.children.pop(pid, None)
+            if child is None and self.starting:
+                self.warm.catch_up()      # an orphaned handler whose pid is not read yet?
+                child = self.children.pop(pid, None)
             if child is None:
                 self.log.info("reaped", pid=pid, **reaping.decode(status))
             else:

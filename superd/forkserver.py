@@ -37,7 +37,7 @@ import socket
 import sys
 
 CONTROL_FD = 3
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 1 << 16        # a request: the environment, as JSON; larger is refused
 
 
 def main():
@@ -48,7 +48,7 @@ def main():
     os.chdir(settings["workdir"])
     if settings.get("spawn"):
         _apply_limits(settings)              # as that user for good: no root left here
-        path, program = settings["spawn"]["argv"][-1], None
+        path, program = None, None           # each exec reads the program afresh
         serve = _spawn
     else:
         path = settings["argv"][0]
@@ -70,6 +70,10 @@ def main():
             data, fds = _receive(control)
             if data is None:
                 return                                 # superd went away
+            if not data:
+                _close(fds)
+                _send(control, {"error": "request larger than %d bytes" % MAX_MESSAGE})
+                continue
             if _stamp(path) != stamp:
                 _close(fds)
                 _send(control, {"stale": True})
@@ -397,14 +401,19 @@ def _is_main_guard(node):
 
 
 def _stamp(path):
+    if path is None:
+        return None
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _receive(control):
-    data, ancdata, _, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4))
+    """(request bytes or None at EOF, fds); b"" for a request cut at MAX_MESSAGE."""
+    data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4))
     if not data:
         return None, []
+    if flags & socket.MSG_TRUNC:
+        data = b""
     fds = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

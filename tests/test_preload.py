@@ -350,3 +350,19 @@ services:
             mapping, inherited = json.loads(read_all(sock))
         assert mapping == inherited
         assert mapping["GREETING"] == "hi" and mapping["REMOTE_ADDR"] == "127.0.0.1"
+
+
+def test_an_oversized_request_is_refused_and_the_next_one_served(forkserver, tmp_path):
+    handler = tmp_path / "split.py"
+    handler.write_text(SPLIT_HANDLER)
+    server = forkserver(handler, True)
+    assert server.message()["ready"] is True
+    client, handler_end = socket.socketpair()
+    with client, handler_end:
+        huge = json.dumps({"env": [["BIG", "x" * 100_000]], "wait": False, "stderr": "inherit"})
+        server.control.sendmsg([huge.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array("i", [handler_end.fileno()]))])
+        reply = server.message()
+    assert "larger than" in reply["error"]
+    pid, output = server.start({"TOP_LOG": str(tmp_path / "top.log")})
+    assert output == b"main %d __main__" % pid

@@ -241,3 +241,15 @@ services:
     d.log.wait_count(r"^exit service=w .* status=0 ", 2)
     preload = 0 if kill_server else 1
     assert d.log.count(rf"^start level=debug service=w .* pid={int(pid)} preload={preload}$") == 1
+
+
+def test_a_service_with_args_keeps_its_spawn_server(superd, answer, public_dir):
+    """The spawn server watches no file: args are not paths, and exec reads the program."""
+    d, server = start_nobody(superd, answer, public_dir, extra=", args: [not-a-file]")
+    for i in range(3):
+        with connect(d.address("a")) as sock:
+            pid, _ = served(sock, b"with-args-%d" % i)
+        d.log.wait_for(rf"^exit service=a .*pid={pid} status=0")
+    assert d.log.count(r"^start level=debug service=a .* preload=1$") == 3
+    assert d.log.count(r"^preload-(unavailable|exited|failed) ") == 0
+    assert os.path.exists(f"/proc/{server}")

@@ -2,7 +2,12 @@
 
 The same server, in spawn mode, starts the handlers of a service with
 `user:`/`group:` (and no rlimits): it switches to that user once and then
-only posix_spawns, so no connection pays for a setpriv exec.
+only posix_spawns, so no connection pays for a setpriv exec.  Such a
+service gets SPAWN_SERVERS of them, each start going to the ready one with
+the fewest starts unanswered: posix_spawn waits in the server until the
+child has exec'd (CLONE_VFORK), so one server spawns one child at a time,
+and two can spawn at once on two CPUs.  A preloaded service keeps one warm
+interpreter (a big process; its forks do not wait for an exec).
 
 A `WarmInterpreter` starts forkserver.py (with posix_spawn, like any
 handler) and talks to it over a SOCK_SEQPACKET socketpair: each start
@@ -21,7 +26,9 @@ socket full, its handler file changed, its fork failed, or it died before
 answering) is started with exec by the caller, and the connection is never
 lost: the caller keeps its own copy of the connection until the answer.
 Rule 2: the fork server is superd's child and is reaped by the supervisor,
-which calls `reaped()`; the pool decides when to start a new one.
+which calls `reaped()`; the pool decides when to start a new one.  Each of a
+service's servers lives in a slot of its own, dies, backs off and restarts
+on its own; the others go on serving meanwhile.
 Rule 3: every start sent ends in exactly one of the pool's on_started and
 on_unanswered: at its answer, or when its server's socket reaches end of
 file, or when its server is reaped, whichever comes first.  A server that
@@ -44,6 +51,7 @@ from superd.handlers_path import internal_source
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 PR_SET_CHILD_SUBREAPER = 36
 REPLY_TIMEOUT = 5.0
+SPAWN_SERVERS = 2        # per spawn-mode service: two posix_spawns at once (2 CPUs here)
 
 
 class WarmUnavailable(Exception):
@@ -69,6 +77,11 @@ def wants_server(service):
     return service.preload or (switches and not service.rlimits)
 
 
+def servers_for(service):
+    """How many servers the service gets: one warm interpreter, or SPAWN_SERVERS."""
+    return 1 if service.preload else SPAWN_SERVERS
+
+
 def handler_argv(service):
     """The handler's own argv (script first) without interpreter or trampolines."""
     argv = list(service.argv)
@@ -84,8 +97,9 @@ class WarmInterpreter:
     answer is still owed, since the server answers every request in turn.
     """
 
-    def __init__(self, service):
+    def __init__(self, service, slot=0):
         self.service = service
+        self.slot = slot                 # its place among the service's servers
         self.control = None              # our end of the socketpair
         self.pid = 0
         self.ready = False
@@ -191,7 +205,7 @@ def is_python_program(path):
 
 
 class WarmPool:
-    """Every service's warm interpreter: started, watched, restarted, stopped.
+    """Every service's servers: started, watched, restarted, stopped.
 
     The supervisor tells it the current services (`configure`), hands it
     starts (`send`), hands it every reaped pid (`reaped` says whether it was
@@ -213,41 +227,50 @@ class WarmPool:
         self.on_started = on_started
         self.on_unanswered = on_unanswered
         self.on_exit = on_exit
-        self.current = {}        # service name -> WarmInterpreter (the one to use)
+        self.current = {}        # service name -> [WarmInterpreter or None], one per slot
         self.by_pid = {}         # fork server pid -> (name, WarmInterpreter), until reaped
-        self.delay = {}          # service name -> next restart delay
-        self.services = {}       # service name -> config.Service wanting preload
+        self.delay = {}          # (service name, slot) -> next restart delay
+        self.services = {}       # service name -> config.Service wanting servers
         self.stopping = False
 
     def configure(self, services):
-        """A fresh warm interpreter for each preload service (start and every reload)."""
+        """Fresh servers for each service that wants them (start and every reload)."""
         old = self.current
-        self.current = {}
         self.services = {s.name: s for s in services if wants_server(s)}
-        for warm in old.values():
-            self._retire(warm)
-        for name in self.services:
-            self._start(name)
+        self.current = {name: [None] * servers_for(s) for name, s in self.services.items()}
+        for servers in old.values():
+            for warm in servers:
+                if warm is not None:
+                    self._retire(warm)
+        for name, servers in self.current.items():
+            for slot in range(len(servers)):
+                self._start(name, slot)
 
     def send(self, name, recipe, sock_fd, env, wait_mode, token):
-        """Hand one start to the service's server, if one is ready.
+        """Hand one start to the service's ready server with the fewest unanswered.
 
         Returns (True, stderr read fd or None) once sent; its answer comes
         later, for token (Rule 3).  Returns (False, None) when the caller must
-        exec it now: no server ready, its socket full, or trouble (logged).
+        exec it now: no server ready, every socket full, or trouble (logged).
         """
-        warm = self.current.get(name)
-        if warm is None or not warm.ready:
-            return False, None
-        try:
-            err_fd = self.spawner.send(warm, recipe, sock_fd, env, wait_mode, token)
-        except WarmBusy:
-            return False, None
-        except WarmUnavailable as why:
-            self._trouble(name, warm, why)
-            return False, None
-        self._watch_answers(name, warm)
-        return True, err_fd
+        servers = self.current.get(name)
+        while servers:
+            warm = _least_pending(servers)
+            if warm is None:
+                return False, None
+            try:
+                err_fd = self.spawner.send(warm, recipe, sock_fd, env, wait_mode, token)
+            except WarmBusy:
+                if len(servers) == 1:
+                    return False, None
+                servers = [w for w in servers if w is not warm]   # try the others
+                continue
+            except WarmUnavailable as why:
+                self._trouble(name, warm, why)        # no longer ready: not chosen again
+                continue
+            self._watch_answers(name, warm)
+            return True, err_fd
+        return False, None
 
     def reaped(self, pid, status, outcome):
         """True if pid was a fork server (then restart it when still wanted)."""
@@ -259,14 +282,17 @@ class WarmPool:
         self._unanswered(name, warm, "fork server exited")
         self._unwatch(warm)
         warm.gone()
-        if self.current.get(name) is warm:
-            del self.current[name]
-            delay = self.delay.get(name, self.RESTART_MIN)
+        servers = self.current.get(name)
+        if servers and servers[warm.slot] is warm:
+            servers[warm.slot] = None
+            key = (name, warm.slot)
+            delay = self.delay.get(key, self.RESTART_MIN)
+            others = any(w is not None and w.ready for w in servers)
             self.log.warning("preload-exited", service=name, pid=pid, **outcome,
-                             restart_in=delay, meanwhile="exec")
-            self.delay[name] = min(self.RESTART_MAX, delay * 2)
+                             restart_in=delay, meanwhile="other-server" if others else "exec")
+            self.delay[key] = min(self.RESTART_MAX, delay * 2)
             if not self.stopping:
-                self.timers.at(self.clock() + delay, lambda: self._restart(name))
+                self.timers.at(self.clock() + delay, lambda: self._restart(name, warm.slot))
         return True
 
     def catch_up(self):
@@ -283,33 +309,37 @@ class WarmPool:
 
     def stop_all(self):
         self.stopping = True
-        for warm in list(self.current.values()):
-            self._retire(warm)
+        for servers in self.current.values():
+            for warm in servers:
+                if warm is not None:
+                    self._retire(warm)
         self.current = {}
 
     # -- inside ------------------------------------------------------------------
-    def _start(self, name):
+    def _start(self, name, slot):
         service = self.services[name]
-        warm = WarmInterpreter(service)
+        warm = WarmInterpreter(service, slot)
         try:
             pid = warm.start(self.spawner, service.workdir)
         except OSError as err:
-            delay = self.delay.get(name, self.RESTART_MIN)
-            self.delay[name] = min(self.RESTART_MAX, delay * 2)
+            key = (name, slot)
+            delay = self.delay.get(key, self.RESTART_MIN)
+            self.delay[key] = min(self.RESTART_MAX, delay * 2)
             self.log.error("preload-failed", service=name, error=err.strerror or str(err),
                            meanwhile="exec", retry_in=delay)
-            self.timers.at(self.clock() + delay, lambda: self._restart(name))
+            self.timers.at(self.clock() + delay, lambda: self._restart(name, slot))
             return
-        self.current[name] = warm
+        self.current[name][slot] = warm
         self.by_pid[pid] = (name, warm)
         self.selector.register(warm.control, selectors.EVENT_READ,
                                lambda: self._read(name, warm))
         self.log.info("preload-starting", service=name, pid=pid,
                       mode="fork" if service.preload else "spawn")
 
-    def _restart(self, name):
-        if name in self.services and name not in self.current and not self.stopping:
-            self._start(name)
+    def _restart(self, name, slot):
+        servers = self.current.get(name)
+        if servers and slot < len(servers) and servers[slot] is None and not self.stopping:
+            self._start(name, slot)
 
     def _read(self, name, warm):
         """Act on everything the server sent, in order; at end of file, stop watching it."""
@@ -318,7 +348,7 @@ class WarmPool:
                 self.on_exit(message["exit"], message["status"])
             elif message.get("ready"):
                 warm.ready = True
-                self.delay.pop(name, None)
+                self.delay.pop((name, warm.slot), None)
                 self.log.info("preload-ready", service=name, pid=warm.pid)
             else:
                 self._answer(name, warm, message)
@@ -384,6 +414,16 @@ class WarmPool:
                 self.selector.unregister(warm.control)
             except (KeyError, ValueError):
                 pass
+
+
+def _least_pending(servers):
+    """The ready server with the fewest starts unanswered (the first on a tie), or None."""
+    best = None
+    for warm in servers:
+        if warm is not None and warm.ready and (best is None
+                                                or len(warm.pending) < len(best.pending)):
+            best = warm
+    return best
 
 
 def _kill(pid, sig):

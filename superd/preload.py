@@ -283,13 +283,12 @@ class WarmPool:
         self._unwatch(warm)
         warm.gone()
         servers = self.current.get(name)
-        if servers and servers[warm.slot] is warm:
+        if servers and warm in servers:   # still in use (not retired by a reload)
             servers[warm.slot] = None
             key = (name, warm.slot)
             delay = self.delay.get(key, self.RESTART_MIN)
-            others = any(w is not None and w.ready for w in servers)
             self.log.warning("preload-exited", service=name, pid=pid, **outcome,
-                             restart_in=delay, meanwhile="other-server" if others else "exec")
+                             restart_in=delay, meanwhile=self._meanwhile(name))
             self.delay[key] = min(self.RESTART_MAX, delay * 2)
             if not self.stopping:
                 self.timers.at(self.clock() + delay, lambda: self._restart(name, warm.slot))
@@ -326,7 +325,7 @@ class WarmPool:
             delay = self.delay.get(key, self.RESTART_MIN)
             self.delay[key] = min(self.RESTART_MAX, delay * 2)
             self.log.error("preload-failed", service=name, error=err.strerror or str(err),
-                           meanwhile="exec", retry_in=delay)
+                           meanwhile=self._meanwhile(name), retry_in=delay)
             self.timers.at(self.clock() + delay, lambda: self._restart(name, slot))
             return
         self.current[name][slot] = warm
@@ -335,6 +334,11 @@ class WarmPool:
                                lambda: self._read(name, warm))
         self.log.info("preload-starting", service=name, pid=pid,
                       mode="fork" if service.preload else "spawn")
+
+    def _meanwhile(self, name):
+        """Who starts the service's handlers while one of its servers is missing."""
+        ready = any(w is not None and w.ready for w in self.current.get(name, ()))
+        return "other-server" if ready else "exec"
 
     def _restart(self, name, slot):
         servers = self.current.get(name)

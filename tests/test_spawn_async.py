@@ -347,3 +347,26 @@ def test_reload_retires_both_spawn_servers(superd, answer, public_dir):
 
 def _processes(pids):
     return [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+
+
+def test_reload_from_two_spawn_servers_to_one_warm_interpreter(superd, tmp_path):
+    """The retired servers' slots are gone after the reload; reaping them is no error."""
+    handler = python_handler(tmp_path, "p.py", "import os\nos.write(1, b'%d' % os.getppid())\n")
+    spawned = f"""
+services:
+  p: {{listen: "127.0.0.1:0", server: {handler}, group: nogroup}}
+"""
+    d = superd(spawned)
+    d.log.wait_count(r"^preload-ready service=p ", SERVERS)
+    old = ready_servers(d, "p")
+    d.reload(spawned.replace("group: nogroup", "group: nogroup, preload: true"))
+    d.log.wait_for(r"^preload-starting service=p pid=\d+ mode=fork$")
+    d.log.wait_count(r"^preload-ready service=p ", SERVERS + 1)
+    _, alive = psutil.wait_procs(_processes(old), timeout=TIMEOUT)
+    assert not alive, "the spawn servers finish and exit"
+    warm = ready_servers(d, "p")[-1]
+    with connect(d.address("p")) as sock:
+        assert int(read_all(sock)) == warm
+    assert d.log.count(r"^(internal-error|preload-exited|preload-unavailable) ") == 0, \
+        d.log.text()
+    assert d.log.count(r"^preload-starting ") == SERVERS + 1, "no retired slot restarted"

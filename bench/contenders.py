@@ -122,8 +122,14 @@ class Contender:
         raise RuntimeError(f"{self.name}: could not start")
 
     def pin(self, cpus):
-        """Set the daemon's CPU affinity; handlers it starts from now on inherit it."""
-        psutil.Process(self.proc.pid).cpu_affinity(cpus or ALL_CPUS)
+        """Set the CPU affinity of the daemon and of every process it already runs
+        (spawn servers, warm interpreters, workers); what starts later inherits it."""
+        me = psutil.Process(self.proc.pid)
+        for p in [me] + me.children(recursive=True):
+            try:
+                p.cpu_affinity(cpus or ALL_CPUS)
+            except psutil.Error:
+                pass                      # a handler that ended meanwhile
 
     def cpu(self):
         """(daemon CPU s, CPU s of every process it started, live or reaped) so far.

@@ -128,10 +128,10 @@ class Spawner:
         return pid, err_read
 
     def send(self, warm, recipe, sock_fd, extra_env, wait_mode, token):
-        """Ask warm (a preload.WarmInterpreter) to start one handler on sock_fd.
+        """Ask warm (a warmserver.WarmInterpreter) to start one handler on sock_fd.
 
         Returns the stderr read fd (or None) at once; the pid comes later, with
-        token, on warm's control socket.  Raises preload.WarmUnavailable (or
+        token, on warm's control socket.  Raises warmserver.WarmUnavailable (or
         its kind WarmBusy), and nothing is left open then.  The pipe's write end is
         closed here: the message carries it, and a start that is never
         answered is exec'd with a pipe of its own.

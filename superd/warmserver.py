@@ -1,0 +1,135 @@
+"""superd's end of one fork server (forkserver.py): start it, send it starts, read it.
+
+A `WarmInterpreter` is one server process, a warm interpreter or a spawn
+server, and superd's end of its SOCK_SEQPACKET control socket.  It sends
+each start without waiting and remembers, in order, whose answer is owed;
+it never blocks and never decides anything: preload.WarmPool owns the
+servers of every service and what happens when one fails.
+"""
+
+import json
+import socket
+import sys
+from collections import deque
+from pathlib import Path
+
+from superd.handlers_path import internal_source
+
+FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
+
+
+class WarmUnavailable(Exception):
+    """The warm interpreter cannot start this handler; use exec."""
+
+
+class WarmBusy(WarmUnavailable):
+    """Too many starts wait for its answers already; exec this one (no trouble)."""
+
+
+def handler_argv(service):
+    """The handler's own argv (script first) without interpreter or trampolines."""
+    argv = list(service.argv)
+    if service.internal:                 # the source, not the interpreter, -S and bytecode
+        return [internal_source(service.internal)] + argv[3:]
+    return argv
+
+
+class WarmInterpreter:
+    """One server process and superd's end of its control socket.
+
+    Requests go out without waiting; `pending` remembers, in order, whose
+    answer is still owed, since the server answers every request in turn.
+    """
+
+    def __init__(self, service, slot=0):
+        self.service = service
+        self.slot = slot                 # its place among the service's servers
+        self.control = None              # our end of the socketpair
+        self.pid = 0
+        self.ready = False
+        self.eof = False                 # the server closed its end: nothing more will come
+        self.pending = deque()           # tokens of the starts sent and not answered, oldest first
+        self.answered = 0                # answers so far (the pool's watchdog compares them)
+        self.watchdog = None             # the pool's timer while starts wait
+
+    def start(self, spawner, workdir):
+        """Spawn the fork server; returns its pid.  Raises OSError."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        settings = {"argv": handler_argv(self.service), "workdir": workdir,
+                    "rlimits": list(self.service.rlimits), "uid": self.service.uid,
+                    "gid": self.service.gid, "groups": list(self.service.groups)}
+        if not self.service.preload:
+            from superd.spawn import recipe
+            plain = recipe(self.service, credentials=False)
+            settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
+        try:
+            self.pid = spawner.start_program(
+                sys.executable, (sys.executable, FORKSERVER, json.dumps(settings)),
+                theirs.fileno(), workdir)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)          # the loop reads it and never waits on it
+        self.control = ours
+        self.ready = False
+        return self.pid
+
+    def send(self, sock_fd, env, err_fd, wait_mode, stderr_mode, token):
+        """Ask for one handler on sock_fd; its answer comes later, for token.
+
+        The message carries duplicates of the fds (SCM_RIGHTS): the caller
+        keeps its own.  Raises WarmBusy when the socket's buffer is full,
+        WarmUnavailable when the server cannot serve (and then it is not
+        `ready` any more).
+        """
+        if not self.ready or self.control is None:
+            raise WarmUnavailable("not ready")
+        fds = [sock_fd] + ([err_fd] if err_fd is not None else [])
+        message = json.dumps({"env": list(env.items()), "wait": wait_mode,
+                              "stderr": stderr_mode}).encode()
+        try:
+            self.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              _pack_fds(fds))])
+        except BlockingIOError:
+            raise WarmBusy("control socket full") from None
+        except OSError as err:
+            self.ready = False
+            raise WarmUnavailable(f"control socket: {err}") from None
+        self.pending.append(token)
+
+    def messages(self):
+        """Yield each message the server sent, as a dict, until none is queued.
+
+        Never blocks.  At end of file, `eof` becomes True.
+        """
+        while self.control is not None and not self.eof:
+            try:
+                data = self.control.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            yield json.loads(data)
+
+    def stop(self):
+        """Close the control socket: the fork server exits when it sees EOF."""
+        self.ready = False
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def gone(self):
+        self.stop()
+        self.pid = 0
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+
+def _pack_fds(fds):
+    return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)

@@ -11,16 +11,15 @@ interpreter (a big process; its forks do not wait for an exec).
 
 A `WarmInterpreter` (superd/warmserver.py) starts forkserver.py (with
 posix_spawn, like any handler) and talks to it over a SOCK_SEQPACKET
-socketpair: each start
-sends the connection's fd (and the stderr fd) with SCM_RIGHTS, and the
-server answers {"pid": N} (or {"error": ...}, {"stale": true}) later.  The
-loop never waits for that answer: it goes on accepting, and reads answers
-when the socket is readable, as it reads the server's exit reports.  The
-socket keeps messages in order and the server answers requests in the
-order it got them, so each answer belongs to the oldest start not yet
-answered.  The handler is a child of the fork server, so the fork server
-reports its exit status; superd is a child subreaper, so a handler whose
-fork server died is re-parented to superd and reaped there.
+socketpair: each start sends the connection's fd (and the stderr fd) with
+SCM_RIGHTS, and the server answers {"pid": N} (or {"error": ...}, {"stale":
+true}) later. The loop never waits for that answer: it goes on accepting,
+and reads answers when the socket is readable, as it reads the server's
+exit reports. The socket keeps messages in order and the server answers
+requests in the order it got them, so each answer belongs to the oldest
+start not yet answered. The handler is a child of the fork server, so the
+fork server reports its exit status; superd is a child subreaper, so a
+handler whose fork server died is re-parented to superd and reaped there.
 
 Rule 1: a start the warm interpreter cannot serve (not ready, gone, its
 socket full, its handler file changed, its fork failed, or it died before

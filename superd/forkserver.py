@@ -25,8 +25,8 @@ moment at which superd itself runs as another user.
 
 Replies on the control socket: {"pid": N} for a start, {"error": text} when
 the fork failed, {"stale": true} (and exit) when the handler file changed:
-superd then starts a fresh warm interpreter.  {"exit": pid, "status": N}
-reports each child it reaped, since superd cannot wait for a grandchild.
+superd then starts a fresh warm interpreter.  {"exits": [[pid, status], ...]}
+reports the children it reaped, since superd cannot wait for a grandchild.
 """
 
 import _signal
@@ -101,9 +101,9 @@ def _event_sources(control):
 
 
 def _drain(sock):
+    """Empty the wake-up socket: one read holds 4096 signals; more wake us again."""
     try:
-        while sock.recv(4096):
-            pass
+        sock.recv(4096)
     except (BlockingIOError, InterruptedError):
         pass
 
@@ -429,14 +429,18 @@ def _send(control, message):
 
 
 def _reap(control):
+    """Reap every child that ended and report them in one message."""
+    exits = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
-        _send(control, {"exit": pid, "status": status})
+            break
+        exits.append((pid, status))
+    if exits:
+        _send(control, {"exits": exits})
 
 
 def _close(fds):

@@ -226,8 +226,9 @@ class WarmPool:
     def _read(self, name, warm):
         """Act on everything the server sent, in order; at end of file, stop watching it."""
         for message in warm.messages():
-            if "exit" in message:
-                self.on_exit(message["exit"], message["status"])
+            if "exits" in message:
+                for pid, status in message["exits"]:
+                    self.on_exit(pid, status)
             elif message.get("ready"):
                 warm.ready = True
                 self.delay.pop((name, warm.slot), None)

@@ -269,7 +269,7 @@ class ForkServer:
                                                    array.array("i", [handler_end.fileno()]))])
         handler_end.close()
         reply = self.message()
-        while "exit" in reply:
+        while "exits" in reply:
             reply = self.message()
         with client:
             return reply["pid"], read_all(client)

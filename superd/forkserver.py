@@ -30,6 +30,7 @@ reports the children it reaped, since superd cannot wait for a grandchild.
 """
 
 import _signal
+import functools
 import json
 import os
 import signal
@@ -61,24 +62,31 @@ def main():
     gc.freeze()            # the warm heap is never collected in children: fewer copied pages
     _send(control, {"ready": True, "pid": os.getpid()})
     wake_fd = wake_r.fileno()
+    start = functools.partial(serve, control, program, settings)   # start(request, fds)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_fd:
                 _drain(wake_r)
                 _reap(control)
-                continue
-            data, fds = _receive(control)
-            if data is None:
-                return                                 # superd went away
-            if not data:
-                _close(fds)
-                _send(control, {"error": "request larger than %d bytes" % MAX_MESSAGE})
-                continue
-            if _stamp(path) != stamp:
-                _close(fds)
-                _send(control, {"stale": True})
+            elif not _answer(control, path, stamp, start):
                 return
-            serve(control, program, settings, json.loads(data), fds)
+
+
+def _answer(control, path, stamp, start):
+    """Read one request and start its handler; False when this server must end."""
+    data, fds = _receive(control)
+    if data is None:
+        return False                                   # superd went away
+    if not data:
+        _close(fds)
+        _send(control, {"error": "request larger than %d bytes" % MAX_MESSAGE})
+        return True
+    if _stamp(path) != stamp:
+        _close(fds)
+        _send(control, {"stale": True})                # superd starts a fresh one
+        return False
+    start(json.loads(data), fds)
+    return True
 
 
 def _event_sources(control):

@@ -417,7 +417,9 @@ def _stamp(path):
 
 def _receive(control):
     """(request bytes or None at EOF, fds); b"" for a request cut at MAX_MESSAGE."""
-    data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4))
+    # close-on-exec as they arrive: dup'd where wanted, never leaked, no fcntl each
+    data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4),
+                                              socket.MSG_CMSG_CLOEXEC)
     if not data:
         return None, []
     if flags & socket.MSG_TRUNC:
@@ -427,8 +429,6 @@ def _receive(control):
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
                        for i in range(0, len(payload) - len(payload) % 4, 4))
-    for fd in fds:
-        os.set_inheritable(fd, False)        # dup'd where wanted, never leaked
     return data, fds
 
 

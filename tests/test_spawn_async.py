@@ -370,3 +370,19 @@ services:
     assert d.log.count(r"^(internal-error|preload-exited|preload-unavailable) ") == 0, \
         d.log.text()
     assert d.log.count(r"^preload-starting ") == SERVERS + 1, "no retired slot restarted"
+
+
+def test_a_spawned_handler_gets_only_its_socket_and_stderr(superd, public_dir):
+    """fds 0-2 and nothing else: the fds the server received are close-on-exec."""
+    d = superd(f"""
+services:
+  fds: {{listen: "127.0.0.1:0", server: /bin/ls, args: [/proc/self/fd], user: nobody,
+        workdir: {public_dir}, stderr: log}}
+""", args=["--log-level", "debug"])
+    d.log.wait_count(r"^preload-ready service=fds ", SERVERS)
+    for _ in range(3):
+        with connect(d.address("fds")) as sock:
+            listed = read_all(sock).decode().split()
+        assert listed == ["0", "1", "2", "3"], listed     # 3: ls's own view of the folder
+    d.log.wait_count(r"^exit service=fds ", 3)
+    assert d.log.count(r"^start level=debug service=fds .* preload=1$") == 3, "all spawned"

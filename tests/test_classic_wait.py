@@ -213,6 +213,12 @@ def test_tcp_wait_leaks_no_descriptors(procs, errfile):
         echo_roundtrip(client)                     # it is up and serving
     with connect(listener.getsockname()) as client:
         echo_roundtrip(client)
+        # the first client's socket may still be open in its thread: wait for its close
+        for _ in range(int(TIMEOUT * 10)):
+            if not [c for c in psutil.Process(proc.pid).net_connections("tcp")
+                    if c.status == psutil.CONN_CLOSE_WAIT]:
+                break
+            readable(client, 0.1)                  # a bounded wait between looks
         before = psutil.Process(proc.pid).num_fds()   # the listener, the wake pipe, one client
     for i in range(40):
         client = connect(listener.getsockname())

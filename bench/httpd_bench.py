@@ -3,8 +3,9 @@
     .venv/bin/python bench/httpd_bench.py [-r ROUNDS] [-d SECONDS] [-c CONNS]
                                           [--only NAME,...] [--pin]
 
-A self-contained script from the httpd author (bench/httpd_peers.py is the
-bench suite's own take on the same comparison, on its shared framework).
+A script from the httpd author, with the suite's start-up helpers
+(bench/contenders.py); bench/httpd_peers.py is the bench suite's own take on
+the same comparison, on its shared framework.
 
 Loads, each with wrk on loopback for -d seconds and -c connections:
 
@@ -54,6 +55,8 @@ from pathlib import Path
 
 import psutil
 
+from contenders import listening_port, wait_for  # the suite's own (bench/ is on sys.path)
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
@@ -74,28 +77,6 @@ def need(program):
     if not path:
         raise SystemExit("%s is not installed" % program)
     return path
-
-
-def wait_for(predicate, what, proc, timeout=15.0):
-    """Poll until predicate() is truthy (bench code: a server start, not a test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("%s exited (%s) before it was ready" % (what, proc.returncode))
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise RuntimeError("%s not ready after %g s" % (what, timeout))
-
-
-def listening_port(pid):
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp4")
-    except psutil.Error:
-        return None
-    ports = [c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN]
-    return ports[0] if ports else None
 
 
 def quiet(patience=20.0):
@@ -177,11 +158,13 @@ class Superd(Contender):
         ready = self.dir / "ready.json"
         proc = self.popen([PY, "-m", "superd", "-f", config, "--ready-file", ready],
                           cwd=ROOT)
-        text = wait_for(lambda: ready.exists() and ready.read_text(), self.name, proc)
+        text = wait_for(lambda: ready.exists() and ready.read_text(), self.name, proc,
+                        timeout=15.0)
         self.port = int(json.loads(text)["services"]["http"][0].rsplit(":", 1)[1])
         if "preload" in self.extra:
             log_path = self.dir / "stderr.log"
-            wait_for(lambda: b"preload-ready" in log_path.read_bytes(), self.name, proc)
+            wait_for(lambda: b"preload-ready" in log_path.read_bytes(), self.name, proc,
+                     timeout=15.0)
 
 
 class SuperdPreload(Superd):
@@ -203,7 +186,7 @@ class Listen(Contender):
         proc = self.popen([PY, "-S", HANDLER, "--root", self.site, "--quiet",
                            "--listen", "127.0.0.1:0", *self.args])
         found = wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+)", err.read_bytes()),
-                         self.name, proc)
+                         self.name, proc, timeout=15.0)
         self.port = int(found.group(1))
 
 
@@ -242,7 +225,7 @@ class Busybox(Contender):
 
     def start(self):
         proc = self.popen([need("busybox"), "httpd", "-f", "-p", "127.0.0.1:0", "-h", self.site])
-        self.port = wait_for(lambda: listening_port(proc.pid), self.name, proc)
+        self.port = wait_for(lambda: listening_port(proc.pid), self.name, proc, timeout=15.0)
 
 
 class BusyboxInetd(Contender):
@@ -267,7 +250,7 @@ class MiniHttpd(Contender):
         user = ["-u", "root"] if os.geteuid() == 0 else []
         proc = self.popen([need("mini_httpd"), "-D", "-h", "127.0.0.1", "-p", self.port,
                            "-d", self.site, "-c", "cgi-bin/*", "-l", "/dev/null", *user])
-        wait_for(lambda: listening_port(proc.pid), self.name, proc)
+        wait_for(lambda: listening_port(proc.pid), self.name, proc, timeout=15.0)
 
 
 class Nginx(Contender):
@@ -293,7 +276,7 @@ class Nginx(Contender):
         proc = self.popen([need("nginx"), "-c", conf, "-p", self.dir], env=env,
                           pass_fds=(listener.fileno(),))
         listener.close()
-        wait_for(lambda: (self.dir / "nginx.pid").exists(), self.name, proc)
+        wait_for(lambda: (self.dir / "nginx.pid").exists(), self.name, proc, timeout=15.0)
 
 
 KINDS = [Superd, SuperdPreload, SuperdWait, Listen, ListenOneWorker, HttpServer,

@@ -12,10 +12,12 @@ by the handlers/ folder and `{tmp}` by tmp_path, so configs stay portable.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -231,6 +233,15 @@ def superd(tmp_path):
     yield factory
     for daemon in daemons:
         daemon.kill()
+
+
+@pytest.fixture
+def public_dir():
+    """A folder other users (nobody) can enter: pytest's tmp_path is private to root."""
+    path = tempfile.mkdtemp(prefix="superd-test-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 def connect(address, timeout=TIMEOUT):

@@ -192,17 +192,6 @@ services:
     assert probe_over(d.address("probe"))["cwd"] == str(tmp_path / "site")
 
 
-@pytest.fixture
-def public_dir():
-    """A folder other users can enter (pytest's tmp_path is private to root)."""
-    import shutil
-    import tempfile
-    path = tempfile.mkdtemp(prefix="superd-test-")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 @pytest.mark.parametrize("extra, path", [
     ("", "spawn server"),                       # switches once, then posix_spawns

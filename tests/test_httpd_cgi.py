@@ -12,14 +12,7 @@ import socket
 import pytest
 
 from test_httpd_support import (ALPHA, TIMEOUT, handler, pid_exits, request, script,  # noqa: F401
-                                site)
-
-
-@pytest.fixture
-def serve(handler, site):
-    def start(*args):
-        return handler(["--root", site, *args])
-    return start
+                                serve, site)
 
 
 def env_of(response):

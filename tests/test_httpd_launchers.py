@@ -22,8 +22,8 @@ import sys
 import psutil
 import pytest
 
-from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, Lines, Reader, kill_group, make_site,
-                                pid_exits, request)
+from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, Lines, Reader, get, kill_group,
+                                make_site, pid_exits, request, serves_side_by_side)
 
 
 def need(program):
@@ -66,10 +66,7 @@ def handler_argv(site, *args):
 
 def http_get(port, path, conn=None, **kw):
     """(response, body) by http.client; conn reused for keep-alive."""
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    conn.request(kw.pop("method", "GET"), path, **kw)
-    response = conn.getresponse()
-    return response, response.read()
+    return get(("127.0.0.1", port), path, conn, **kw)
 
 
 def cgi_env(port, conn=None):
@@ -147,17 +144,7 @@ def test_systemd_accept_no(procs, site):
     port = listener.getsockname()[1]
     proc, log = socket_activate(procs, listener, [], handler_argv(site, "--idle-exit", "1", "--workers", "1"))
     check_site(port)
-    # a slow CGI answer does not hold up another client
-    slow = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    slow.sendall(request("/cgi-bin/stream.sh"))
-    reader = Reader(slow)
-    assert reader._until(b"one\n")
-    response, body = http_get(port, "/alpha.txt")
-    assert body == ALPHA
-    with open(site / "cgi-bin" / "stream.fifo", "w") as fifo:
-        fifo.write("two\n")
-    assert reader._until(b"0\r\n\r\n").endswith(b"two\n\r\n")
-    slow.close()
+    serves_side_by_side(("127.0.0.1", port), site)
     first = handler_pid(port)
     assert handler_pid(port) == first == proc.pid   # s-s-a exec'd the handler itself
     assert proc.wait(TIMEOUT) == 0                  # idle for 1 s: it left

@@ -12,14 +12,7 @@ import threading
 
 import pytest
 
-from test_httpd_support import ALPHA, TIMEOUT, handler, request, site  # noqa: F401
-
-
-@pytest.fixture
-def serve(handler, site):
-    def start(*args):
-        return handler(["--root", site, *args])
-    return start
+from test_httpd_support import ALPHA, TIMEOUT, handler, request, serve, site  # noqa: F401
 
 
 # -- persistence and pipelining ----------------------------------------------

@@ -14,15 +14,7 @@ import sys
 import pytest
 
 from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, handler, make_site, request,  # noqa: F401
-                                site)
-
-
-@pytest.fixture
-def serve(handler, site):
-    """serve(*extra_args) -> a Handler rooted at the shared site."""
-    def start(*args):
-        return handler(["--root", site, *args])
-    return start
+                                serve, site)
 
 
 def get(serve_or_handler, path, *args, **kw):

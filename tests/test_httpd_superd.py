@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import connect
-from test_httpd_support import ALPHA, TIMEOUT, Reader, make_site, pid_exits, request
+from test_httpd_support import ALPHA, TIMEOUT, get, make_site, pid_exits, serves_side_by_side
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,13 +51,6 @@ services:
 @pytest.fixture
 def site(tmp_path):
     return make_site(tmp_path / "www")
-
-
-def get(address, path, conn=None, **kw):
-    conn = conn or http.client.HTTPConnection(*address, timeout=TIMEOUT)
-    conn.request(kw.pop("method", "GET"), path, **kw)
-    response = conn.getresponse()
-    return response, response.read()
 
 
 def env_of(body):
@@ -111,16 +103,7 @@ def test_wait(superd, site):
     check(address)
     first = handler_pid(address)
     assert handler_pid(address) == first        # the same handler accepts again
-    slow = connect(address)                     # and serves clients side by side
-    slow.sendall(request("/cgi-bin/stream.sh"))
-    reader = Reader(slow)
-    assert reader._until(b"one\n")
-    response, body = get(address, "/alpha.txt")
-    assert body == ALPHA
-    with open(site / "cgi-bin" / "stream.fifo", "w") as fifo:
-        fifo.write("two\n")
-    assert reader._until(b"0\r\n\r\n").endswith(b"two\n\r\n")
-    slow.close()
+    serves_side_by_side(address, site)          # and serves clients side by side
     assert pid_exits(first)                     # --idle-exit: it leaves when idle
     second = handler_pid(address)               # and superd starts another
     assert second != first

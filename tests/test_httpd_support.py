@@ -13,6 +13,7 @@ Every socket has a timeout; nothing sleeps to synchronise.
 """
 
 import gzip
+import http.client
 import os
 import re
 import select
@@ -343,9 +344,39 @@ def make_site(root):
     return root
 
 
+def get(address, path, conn=None, **kw):
+    """(response, body) by http.client from (host, port); conn reused for keep-alive."""
+    conn = conn or http.client.HTTPConnection(*address, timeout=TIMEOUT)
+    conn.request(kw.pop("method", "GET"), path, **kw)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def serves_side_by_side(address, site):
+    """A slow CGI answer (the site's stream.sh) holds up no other client."""
+    slow = socket.create_connection(address, timeout=TIMEOUT)
+    slow.sendall(request("/cgi-bin/stream.sh"))
+    reader = Reader(slow)
+    assert reader._until(b"one\n")
+    response, body = get(address, "/alpha.txt")
+    assert body == ALPHA
+    with open(site / "cgi-bin" / "stream.fifo", "w") as fifo:
+        fifo.write("two\n")
+    assert reader._until(b"0\r\n\r\n").endswith(b"two\n\r\n")
+    slow.close()
+
+
 @pytest.fixture
 def site(tmp_path):
     return make_site(tmp_path / "www")
+
+
+@pytest.fixture
+def serve(handler, site):
+    """serve(*extra_args) -> a Handler rooted at the shared site."""
+    def start(*args):
+        return handler(["--root", site, *args])
+    return start
 
 
 def test_reader_frames_chunked_length_and_close():

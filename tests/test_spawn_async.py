@@ -17,9 +17,7 @@ import contextlib
 import os
 import pwd
 import re
-import shutil
 import signal
-import tempfile
 
 import psutil
 import pytest
@@ -37,15 +35,6 @@ exec 2>&-
 echo "$$ $(id -u) $line $PPID"
 """
 SERVERS = 2          # spawn servers per service (preload.SPAWN_SERVERS)
-
-
-@pytest.fixture
-def public_dir():
-    """A folder the user nobody can enter (pytest's tmp_path is private to root)."""
-    path = tempfile.mkdtemp(prefix="superd-test-")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.fixture
@@ -95,6 +84,15 @@ def exit_lines(d):
     return [l for l in d.log.text().splitlines() if l.startswith("exit service=a ")]
 
 
+def warmed_fd_count(d):
+    """superd's fd count once one connection to `a` has come and gone (lazy set-up done)."""
+    with connect(d.address("a")) as sock:
+        served(sock, b"warm")
+    d.log.wait_count(r"^exit service=a ", 1)
+    d.wait_running("a", 0)
+    return fd_count(d.pid)
+
+
 def served(sock, line):
     """The handler's answer to line: (its pid, its uid)."""
     pid, uid, _ = served_by(sock, line)
@@ -113,11 +111,7 @@ def test_many_concurrent_connections_are_all_served_and_logged(superd, answer, p
     nobody = pwd.getpwnam("nobody").pw_uid
     d, _ = start_nobody(superd, answer, public_dir)
     address = d.address("a")
-    with connect(address) as sock:             # every lazy allocation made once
-        served(sock, b"warm")
-    d.log.wait_count(r"^exit service=a ", 1)
-    d.wait_running("a", 0)
-    baseline = fd_count(d.pid)
+    baseline = warmed_fd_count(d)
     clients = [connect(address) for _ in range(60)]   # all in flight at once
     pids = {}
     for i, sock in enumerate(clients):
@@ -291,11 +285,7 @@ def test_one_dead_spawn_server_leaves_the_other_serving(superd, answer, public_d
     """A dead server is restarted in its own slot; meanwhile the other takes every start."""
     d, servers = start_nobody(superd, answer, public_dir)
     address = d.address("a")
-    with connect(address) as sock:             # every lazy allocation made once
-        served(sock, b"warm")
-    d.log.wait_count(r"^exit service=a ", 1)
-    d.wait_running("a", 0)
-    baseline = fd_count(d.pid)
+    baseline = warmed_fd_count(d)
     dead, other = servers
     os.kill(dead, signal.SIGKILL)
     d.log.wait_for(rf"^preload-exited level=warning service=a pid={dead} signal=SIGKILL "
@@ -307,7 +297,7 @@ def test_one_dead_spawn_server_leaves_the_other_serving(superd, answer, public_d
     new = ready_servers(d, "a")[-1]
     assert new not in servers
     assert parent == other or d.log.text().index(f"preload-starting service=a pid={new} ") < \
-        d.log.text().index(f"preload=1\nexit service=a"), "only the other one was ready"
+        d.log.text().index("preload=1\nexit service=a"), "only the other one was ready"
     # both serve again: the one with fewer unanswered gets each start
     with stopped(other, new):
         clients = [connect(address) for _ in range(4)]

@@ -23,13 +23,25 @@ are not preloaded) it drops to that user once, at start, and then starts
 each handler with posix_spawn: no per-connection credential switch, and no
 moment at which superd itself runs as another user.
 
-Replies on the control socket: {"pid": N} for a start, {"error": text} when
-the fork failed, {"stale": true} (and exit) when the handler file changed:
-superd then starts a fresh warm interpreter.  {"exits": [[pid, status], ...]}
-reports the children it reaped, since superd cannot wait for a grandchild.
+The handler's environment is settings["env"] (the service's, sent once)
+with each request's connection variables on top.  The two messages of
+every connection are kept small, since both ends are Python and pay per
+byte and per object (warmserver.py writes and reads the same format):
+
+- a request: one byte "w" (wait mode) or "n", one byte for stderr ("l" a
+  pipe, "0" /dev/null, "i" inherit), then NAME=value entries separated by
+  NUL bytes; the socket (and stderr's fd) come with it as SCM_RIGHTS;
+- the answer: "p" and the pid in decimal.
+
+Rarer replies are JSON objects: {"ready": true} once warm, {"error": text}
+when the fork failed, {"stale": true} (and exit) when the handler file
+changed: superd then starts a fresh warm interpreter.  Exit reports, for
+the children it reaped (superd cannot wait for a grandchild), are "x" and
+then (pid, status) pairs as native ints.
 """
 
 import _signal
+import array
 import functools
 import json
 import os
@@ -38,7 +50,8 @@ import socket
 import sys
 
 CONTROL_FD = 3
-MAX_MESSAGE = 1 << 16        # a request: the environment, as JSON; larger is refused
+MAX_MESSAGE = 1 << 16        # a request: the connection's environment; larger is refused
+STDERR_MODES = {ord("l"): "log", ord("0"): "null", ord("i"): "inherit"}
 
 
 def main():
@@ -47,6 +60,7 @@ def main():
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = socket.socket(fileno=CONTROL_FD)
     os.chdir(settings["workdir"])
+    settings["base_env"] = {_fs_encode(k): _fs_encode(v) for k, v in settings.get("env", ())}
     if settings.get("spawn"):
         _apply_limits(settings)              # as that user for good: no root left here
         path, program = None, None           # each exec reads the program afresh
@@ -85,8 +99,23 @@ def _answer(control, path, stamp, start):
         _close(fds)
         _send(control, {"stale": True})                # superd starts a fresh one
         return False
-    start(json.loads(data), fds)
+    start(_request(data), fds)
     return True
+
+
+def _request(data):
+    """A request's bytes as {"wait", "stderr", "env": [(name, value), ...] as bytes}."""
+    entries = data[2:].split(b"\0") if len(data) > 2 else ()
+    return {"wait": data[:1] == b"w", "stderr": STDERR_MODES.get(data[1], "inherit"),
+            "env": [entry.partition(b"=")[::2] for entry in entries]}
+
+
+def _environment(settings, request):
+    """The service's environment with the connection's on top, as bytes: both
+    posix_spawn and the C environment take bytes, so nothing is re-encoded."""
+    env = settings["base_env"].copy()
+    env.update(request["env"])
+    return env
 
 
 def _event_sources(control):
@@ -126,7 +155,7 @@ def _serve(control, program, settings, request, fds):
     if pid == 0:
         _become_handler(program, settings, request, fds)   # never returns
     _close(fds)
-    _send(control, {"pid": pid})
+    control.sendall(b"p%d" % pid)
 
 
 def _spawn(control, program, settings, request, fds):
@@ -139,13 +168,13 @@ def _spawn(control, program, settings, request, fds):
         actions.append((os.POSIX_SPAWN_DUP2, fds[1], 2))
     program = settings["spawn"]
     try:
-        pid = os.posix_spawn(program["path"], program["argv"], dict(request["env"]),
+        pid = os.posix_spawn(program["path"], program["argv"], _environment(settings, request),
                              file_actions=actions, setsid=True, setsigmask=(),
                              setsigdef=_SIGDEF)
     except OSError as err:
         _send(control, {"error": f"{err.strerror or err}", "errno": err.errno})
     else:
-        _send(control, {"pid": pid})
+        control.sendall(b"p%d" % pid)
     finally:
         _close(fds)
 
@@ -162,9 +191,9 @@ def _become_handler(program, settings, request, fds):
         _arrange_fds(fds, request["wait"], request["stderr"])
         _reset_signals()
         _apply_limits(settings)
-        env = dict(request["env"])
+        env = _environment(settings, request)
         if request["wait"]:
-            env["LISTEN_PID"] = str(os.getpid())
+            env[b"LISTEN_PID"] = b"%d" % os.getpid()
         _set_environ(env)
         _fresh_std_streams()
         sys.argv = list(settings["argv"])
@@ -180,7 +209,7 @@ def _become_handler(program, settings, request, fds):
 
 
 def _set_environ(env):
-    """os.environ (and the C environment that exec'd programs inherit) = env.
+    """os.environ (and the C environment that exec'd programs inherit) = env (bytes).
 
     Through the mapping's own store and the C functions: os.environ's
     MutableMapping methods run a Python frame per variable, and every frame
@@ -189,16 +218,13 @@ def _set_environ(env):
     old = getattr(os.environ, "_data", None)
     if not isinstance(old, dict):            # not CPython's os._Environ: the slow way
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})
         return
     for key in old:
         os.unsetenv(key)
-    data = {}
     for key, value in env.items():
-        key, value = _fs_encode(key), _fs_encode(value)
         os.putenv(key, value)
-        data[key] = value
-    os.environ._data = data
+    os.environ._data = env          # CPython keeps it as bytes on POSIX, as given here
 
 
 def _fs_encode(text, encoding=sys.getfilesystemencoding()):
@@ -438,7 +464,7 @@ def _send(control, message):
 
 def _reap(control):
     """Reap every child that ended and report them in one message."""
-    exits = []
+    exits = array.array("i")
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -446,9 +472,9 @@ def _reap(control):
             break
         if pid == 0:
             break
-        exits.append((pid, status))
+        exits.extend((pid, status))
     if exits:
-        _send(control, {"exits": exits})
+        control.sendall(b"x" + exits.tobytes())
 
 
 def _close(fds):

@@ -130,16 +130,16 @@ class Spawner:
     def send(self, warm, recipe, sock_fd, extra_env, wait_mode, token):
         """Ask warm (a warmserver.WarmInterpreter) to start one handler on sock_fd.
 
-        Returns the stderr read fd (or None) at once; the pid comes later, with
-        token, on warm's control socket.  Raises warmserver.WarmUnavailable (or
+        extra_env is the connection's part only: the server holds the
+        service's.  Returns the stderr read fd (or None) at once; the pid
+        comes later, with token, on warm's control socket.  Raises warmserver.WarmUnavailable (or
         its kind WarmBusy), and nothing is left open then.  The pipe's write end is
         closed here: the message carries it, and a start that is never
         answered is exec'd with a pipe of its own.
         """
-        env = self._environment(recipe, extra_env)
         err_read, err_child = self._stderr(recipe)
         try:
-            warm.send(sock_fd, env, err_child, wait_mode, recipe.stderr, token)
+            warm.send(sock_fd, extra_env, err_child, wait_mode, recipe.stderr, token)
         except BaseException:
             self._close_read_end(err_read)
             raise

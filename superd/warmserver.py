@@ -4,9 +4,13 @@ A `WarmInterpreter` is one server process, a warm interpreter or a spawn
 server, and superd's end of its SOCK_SEQPACKET control socket.  It sends
 each start without waiting and remembers, in order, whose answer is owed;
 it never blocks and never decides anything: preload.WarmPool owns the
-servers of every service and what happens when one fails.
+servers of every service and what happens when one fails.  The messages
+are the ones forkserver.py's docstring describes: the service's environment
+goes once, in the server's settings, and each start sends only the
+connection's variables.
 """
 
+import array
 import json
 import socket
 import sys
@@ -14,6 +18,9 @@ from collections import deque
 from pathlib import Path
 
 from superd.handlers_path import internal_source
+from superd.spawn import recipe
+
+STDERR_CODES = {"log": b"l", "null": b"0", "inherit": b"i"}
 
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 
@@ -55,12 +62,12 @@ class WarmInterpreter:
     def start(self, spawner, workdir):
         """Spawn the fork server; returns its pid.  Raises OSError."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        plain = recipe(self.service, credentials=False)
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
                     "rlimits": list(self.service.rlimits), "uid": self.service.uid,
-                    "gid": self.service.gid, "groups": list(self.service.groups)}
+                    "gid": self.service.gid, "groups": list(self.service.groups),
+                    "env": list(plain.env)}
         if not self.service.preload:
-            from superd.spawn import recipe
-            plain = recipe(self.service, credentials=False)
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         try:
             self.pid = spawner.start_program(
@@ -77,7 +84,8 @@ class WarmInterpreter:
         return self.pid
 
     def send(self, sock_fd, env, err_fd, wait_mode, stderr_mode, token):
-        """Ask for one handler on sock_fd; its answer comes later, for token.
+        """Ask for one handler on sock_fd, with the connection's env on top of
+        the service's; its answer comes later, for token.
 
         The message carries duplicates of the fds (SCM_RIGHTS): the caller
         keeps its own.  Raises WarmBusy when the socket's buffer is full,
@@ -87,8 +95,7 @@ class WarmInterpreter:
         if not self.ready or self.control is None:
             raise WarmUnavailable("not ready")
         fds = [sock_fd] + ([err_fd] if err_fd is not None else [])
-        message = json.dumps({"env": list(env.items()), "wait": wait_mode,
-                              "stderr": stderr_mode}).encode()
+        message = encode_request(env, wait_mode, stderr_mode)
         try:
             self.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                               _pack_fds(fds))])
@@ -114,7 +121,7 @@ class WarmInterpreter:
             if not data:
                 self.eof = True
                 return
-            yield json.loads(data)
+            yield decode_message(data)
 
     def stop(self):
         """Close the control socket: the fork server exits when it sees EOF."""
@@ -129,6 +136,25 @@ class WarmInterpreter:
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+
+
+def encode_request(env, wait_mode, stderr_mode):
+    """A start request (forkserver.py): mode bytes, then NAME=value entries split by NUL."""
+    head = (b"w" if wait_mode else b"n") + STDERR_CODES[stderr_mode]
+    return head + "\0".join([f"{k}={v}" for k, v in env.items()]).encode(
+        "utf-8", "surrogateescape")
+
+
+def decode_message(data):
+    """A server's message as a dict: {"pid": N}, {"exits": [(pid, status), ...]} or JSON's."""
+    kind = data[:1]
+    if kind == b"p":
+        return {"pid": int(data[1:])}
+    if kind == b"x":
+        flat = array.array("i")
+        flat.frombytes(data[1:len(data) - (len(data) - 1) % flat.itemsize])
+        return {"exits": list(zip(flat[::2], flat[1::2]))}
+    return json.loads(data)
 
 
 def _pack_fds(fds):

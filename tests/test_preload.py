@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from conftest import connect, python_handler, read_all
+from superd.warmserver import decode_message, encode_request
 
 PROBE = r'''
 import json, os, random, sys
@@ -258,14 +259,15 @@ class ForkServer:
         self.status = None
 
     def message(self):
-        return json.loads(self.control.recv(65536) or b"null")
+        data = self.control.recv(65536)
+        return decode_message(data) if data else None
 
     def start(self, env):
         """One handler on a fresh socketpair; returns (pid, its output)."""
         client, handler_end = socket.socketpair()
         client.settimeout(30)
-        request = json.dumps({"env": list(env.items()), "wait": False, "stderr": "inherit"})
-        self.control.sendmsg([request.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+        request = encode_request(env, False, "inherit")
+        self.control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                    array.array("i", [handler_end.fileno()]))])
         handler_end.close()
         reply = self.message()
@@ -359,8 +361,8 @@ def test_an_oversized_request_is_refused_and_the_next_one_served(forkserver, tmp
     assert server.message()["ready"] is True
     client, handler_end = socket.socketpair()
     with client, handler_end:
-        huge = json.dumps({"env": [["BIG", "x" * 100_000]], "wait": False, "stderr": "inherit"})
-        server.control.sendmsg([huge.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+        huge = encode_request({"BIG": "x" * 100_000}, False, "inherit")
+        server.control.sendmsg([huge], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                   array.array("i", [handler_end.fileno()]))])
         reply = server.message()
     assert "larger than" in reply["error"]

@@ -217,10 +217,10 @@ def test_stop_waits_for_unanswered_starts(superd, answer, public_dir):
 
 
 def test_full_control_socket_execs_the_overflow(superd, answer, public_dir):
-    d, servers = start_nobody(superd, answer, public_dir, extra=", instances: 600")
+    d, servers = start_nobody(superd, answer, public_dir, extra=", instances: 1200")
     with stopped(*servers):
-        clients = [connect(d.address("a")) for _ in range(450)]
-        d.wait_running("a", 450)
+        clients = [connect(d.address("a")) for _ in range(1000)]
+        d.wait_running("a", 1000)
         for i, sock in enumerate(clients):
             sock.sendall(b"o%d\n" % i)
         # beyond what both sockets buffer, starts go by exec at once
@@ -228,7 +228,7 @@ def test_full_control_socket_execs_the_overflow(superd, answer, public_dir):
     for i, sock in enumerate(clients):
         assert read_all(sock).decode().split()[2] == "o%d" % i
         sock.close()
-    d.log.wait_count(r"^exit service=a .* status=0 ", 450)
+    d.log.wait_count(r"^exit service=a .* status=0 ", 1000)
     assert d.log.count(r"^start level=debug service=a .* preload=1$") > 0, d.log.text()
     assert "preload-unavailable" not in d.log.text(), "a busy server is no trouble"
 

@@ -31,13 +31,16 @@ byte and per object (warmserver.py writes and reads the same format):
 - a request: one byte "w" (wait mode) or "n", one byte for stderr ("l" a
   pipe, "0" /dev/null, "i" inherit), then NAME=value entries separated by
   NUL bytes; the socket (and stderr's fd) come with it as SCM_RIGHTS;
-- the answer: "p" and the pid in decimal.
+- the answers: "p" and then the pids as native ints, in the order of the
+  requests: one message for every request read in one wake-up (a burst of
+  starts costs superd one read, not one each).
 
 Rarer replies are JSON objects: {"ready": true} once warm, {"error": text}
 when the fork failed, {"stale": true} (and exit) when the handler file
 changed: superd then starts a fresh warm interpreter.  Exit reports, for
 the children it reaped (superd cannot wait for a grandchild), are "x" and
-then (pid, status) pairs as native ints.
+then (pid, status) pairs as native ints, sent after the pids of the same
+wake-up, so that superd always learns a pid before its exit.
 """
 
 import _signal
@@ -52,6 +55,7 @@ import sys
 CONTROL_FD = 3
 MAX_MESSAGE = 1 << 16        # a request: the connection's environment; larger is refused
 STDERR_MODES = {ord("l"): "log", ord("0"): "null", ord("i"): "inherit"}
+MAX_BATCH = 64               # requests served in one wake-up before looking at exits again
 
 
 def main():
@@ -76,30 +80,62 @@ def main():
     gc.freeze()            # the warm heap is never collected in children: fewer copied pages
     _send(control, {"ready": True, "pid": os.getpid()})
     wake_fd = wake_r.fileno()
-    start = functools.partial(serve, control, program, settings)   # start(request, fds)
+    replies = _Replies(control)
+    start = functools.partial(serve, replies, program, settings)   # start(request, fds)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_fd:
                 _drain(wake_r)
-                _reap(control)
-            elif not _answer(control, path, stamp, start):
+                _reap(replies)
+            elif not _answer(control, replies, path, stamp, start):
+                replies.flush()
                 return
+        replies.flush()
 
 
-def _answer(control, path, stamp, start):
-    """Read one request and start its handler; False when this server must end."""
-    data, fds = _receive(control)
-    if data is None:
-        return False                                   # superd went away
-    if not data:
-        _close(fds)
-        _send(control, {"error": "request larger than %d bytes" % MAX_MESSAGE})
-        return True
-    if _stamp(path) != stamp:
-        _close(fds)
-        _send(control, {"stale": True})                # superd starts a fresh one
-        return False
-    start(_request(data), fds)
+class _Replies:
+    """What one wake-up has to say, sent at its end: pids first, then exits."""
+
+    def __init__(self, control):
+        self.control = control
+        self.pids = array.array("i")
+        self.exits = array.array("i")     # pid, status, pid, status, ...
+
+    def other(self, message):
+        """A JSON reply, after the pids answered before it."""
+        self._send_pids()
+        _send(self.control, message)
+
+    def flush(self):
+        self._send_pids()
+        if self.exits:
+            self.control.sendall(b"x" + self.exits.tobytes())
+            del self.exits[:]
+
+    def _send_pids(self):
+        if self.pids:
+            self.control.sendall(b"p" + self.pids.tobytes())
+            del self.pids[:]
+
+
+def _answer(control, replies, path, stamp, start):
+    """Start a handler for every request queued now; False when this server must end."""
+    for queued in range(MAX_BATCH):
+        try:
+            data, fds = _receive(control, socket.MSG_DONTWAIT if queued else 0)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if data is None:
+            return False                               # superd went away
+        if not data:
+            _close(fds)
+            replies.other({"error": "request larger than %d bytes" % MAX_MESSAGE})
+            continue
+        if not queued and _stamp(path) != stamp:
+            _close(fds)
+            replies.other({"stale": True})             # superd starts a fresh one
+            return False
+        start(_request(data), fds)
     return True
 
 
@@ -145,20 +181,20 @@ def _drain(sock):
         pass
 
 
-def _serve(control, program, settings, request, fds):
+def _serve(replies, program, settings, request, fds):
     try:
         pid = os.fork()
     except OSError as err:
         _close(fds)
-        _send(control, {"error": f"{err.strerror or err}", "errno": err.errno})
+        replies.other({"error": f"{err.strerror or err}", "errno": err.errno})
         return
     if pid == 0:
         _become_handler(program, settings, request, fds)   # never returns
     _close(fds)
-    control.sendall(b"p%d" % pid)
+    replies.pids.append(pid)
 
 
-def _spawn(control, program, settings, request, fds):
+def _spawn(replies, program, settings, request, fds):
     """Spawn mode: posix_spawn the (non-Python) handler as this server's user."""
     sock = fds[0]
     actions = [(os.POSIX_SPAWN_DUP2, sock, 0), (os.POSIX_SPAWN_DUP2, sock, 1)]
@@ -172,9 +208,9 @@ def _spawn(control, program, settings, request, fds):
                              file_actions=actions, setsid=True, setsigmask=(),
                              setsigdef=_SIGDEF)
     except OSError as err:
-        _send(control, {"error": f"{err.strerror or err}", "errno": err.errno})
+        replies.other({"error": f"{err.strerror or err}", "errno": err.errno})
     else:
-        control.sendall(b"p%d" % pid)
+        replies.pids.append(pid)
     finally:
         _close(fds)
 
@@ -441,11 +477,14 @@ def _stamp(path):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _receive(control):
-    """(request bytes or None at EOF, fds); b"" for a request cut at MAX_MESSAGE."""
+def _receive(control, extra_flags=0):
+    """(request bytes or None at EOF, fds); b"" for a request cut at MAX_MESSAGE.
+
+    Raises BlockingIOError with extra_flags=MSG_DONTWAIT when none is queued.
+    """
     # close-on-exec as they arrive: dup'd where wanted, never leaked, no fcntl each
     data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4),
-                                              socket.MSG_CMSG_CLOEXEC)
+                                              socket.MSG_CMSG_CLOEXEC | extra_flags)
     if not data:
         return None, []
     if flags & socket.MSG_TRUNC:
@@ -462,9 +501,9 @@ def _send(control, message):
     control.sendall(json.dumps(message).encode())
 
 
-def _reap(control):
-    """Reap every child that ended and report them in one message."""
-    exits = array.array("i")
+def _reap(replies):
+    """Reap every child that ended; replies reports them at the wake-up's end."""
+    exits = replies.exits
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -473,8 +512,6 @@ def _reap(control):
         if pid == 0:
             break
         exits.extend((pid, status))
-    if exits:
-        control.sendall(b"x" + exits.tobytes())
 
 
 def _close(fds):

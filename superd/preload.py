@@ -226,7 +226,10 @@ class WarmPool:
     def _read(self, name, warm):
         """Act on everything the server sent, in order; at end of file, stop watching it."""
         for message in warm.messages():
-            if "exits" in message:
+            if "pids" in message:
+                for pid in message["pids"]:
+                    self._started(warm, pid)
+            elif "exits" in message:
                 for pid, status in message["exits"]:
                     self.on_exit(pid, status)
             elif message.get("ready"):
@@ -234,18 +237,20 @@ class WarmPool:
                 self.delay.pop((name, warm.slot), None)
                 self.log.info("preload-ready", service=name, pid=warm.pid)
             else:
-                self._answer(name, warm, message)
+                self._refused(name, warm, message)
         if warm.eof:                      # it is exiting; the reaper does the rest
             self._unwatch(warm)
             self._unanswered(name, warm, "fork server closed its socket")
 
-    def _answer(self, name, warm, message):
+    def _started(self, warm, pid):
         """The answer to the oldest start: the server answers each request in turn."""
         warm.answered += 1
+        self.on_started(warm.pending.popleft(), pid)
+
+    def _refused(self, name, warm, message):
+        """A refusal, for the oldest start: exec it."""
+        warm.answered += 1
         token = warm.pending.popleft()
-        if "pid" in message:
-            self.on_started(token, message["pid"])
-            return
         self._trouble(name, warm, "handler file changed" if message.get("stale")
                       else message.get("error", "fork failed"))
         self.on_unanswered(token)

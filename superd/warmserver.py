@@ -146,15 +146,22 @@ def encode_request(env, wait_mode, stderr_mode):
 
 
 def decode_message(data):
-    """A server's message as a dict: {"pid": N}, {"exits": [(pid, status), ...]} or JSON's."""
+    """A server's message as a dict: {"pids": [N, ...]}, {"exits": [(pid, status), ...]}
+    or a JSON object's."""
     kind = data[:1]
     if kind == b"p":
-        return {"pid": int(data[1:])}
+        return {"pids": _ints(data)}
     if kind == b"x":
-        flat = array.array("i")
-        flat.frombytes(data[1:len(data) - (len(data) - 1) % flat.itemsize])
+        flat = _ints(data)
         return {"exits": list(zip(flat[::2], flat[1::2]))}
     return json.loads(data)
+
+
+def _ints(data):
+    """The native ints after a message's kind byte."""
+    flat = array.array("i")
+    flat.frombytes(data[1:len(data) - (len(data) - 1) % flat.itemsize])
+    return flat
 
 
 def _pack_fds(fds):

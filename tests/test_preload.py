@@ -262,19 +262,29 @@ class ForkServer:
         data = self.control.recv(65536)
         return decode_message(data) if data else None
 
-    def start(self, env):
-        """One handler on a fresh socketpair; returns (pid, its output)."""
+    def send(self, env):
+        """Ask for one handler on a fresh socketpair; returns the client's end."""
         client, handler_end = socket.socketpair()
         client.settimeout(30)
         request = encode_request(env, False, "inherit")
-        self.control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                   array.array("i", [handler_end.fileno()]))])
-        handler_end.close()
+        with handler_end:
+            self.control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                              array.array("i", [handler_end.fileno()]))])
+        return client
+
+    def pids(self):
+        """The next answer's pids (exit reports skipped)."""
         reply = self.message()
         while "exits" in reply:
             reply = self.message()
+        return reply["pids"]
+
+    def start(self, env):
+        """One handler on a fresh socketpair; returns (pid, its output)."""
+        client = self.send(env)
+        [pid] = self.pids()
         with client:
-            return reply["pid"], read_all(client)
+            return pid, read_all(client)
 
     def wait(self):
         _, self.status = os.waitpid(self.pid, 0)
@@ -323,6 +333,26 @@ def test_split_main_runs_the_top_level_once_in_the_warm_interpreter(
         assert tops == [str(ready["pid"])], "the top level ran once, before any fork"
     else:
         assert tops == [str(pid) for pid in pids], "every handler ran its whole file"
+
+
+def test_requests_queued_at_once_are_answered_in_one_message_in_order(forkserver, tmp_path):
+    handler = tmp_path / "split.py"
+    handler.write_text(SPLIT_HANDLER)
+    server = forkserver(handler, True)
+    assert server.message()["ready"] is True
+    env = {"TOP_LOG": str(tmp_path / "top.log")}
+    os.kill(server.pid, signal.SIGSTOP)          # all three are queued before it reads one
+    try:
+        clients = [server.send(env) for _ in range(3)]
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    pids = server.pids()
+    outputs = []
+    for client in clients:
+        with client:
+            outputs.append(read_all(client))
+    assert outputs == [b"main %d __main__" % pid for pid in pids], "each pid is its request's"
+    assert len(set(pids)) == 3
 
 
 def test_a_handler_that_does_not_compile_ends_the_fork_server(forkserver, tmp_path):

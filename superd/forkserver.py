@@ -88,7 +88,10 @@ def main():
                 _drain(wake_r)
                 _reap(replies)
             elif not _answer(control, replies, path, stamp, start):
-                replies.flush()
+                try:
+                    replies.flush()       # answers owed for what it read before EOF
+                except OSError:
+                    pass                  # superd is gone: nobody to tell
                 return
         replies.flush()
 

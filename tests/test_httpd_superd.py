@@ -97,6 +97,56 @@ def test_internal(superd, site, preload):
     assert daemon.stop() == 0
 
 
+PRELOADED = """
+services:
+  http:
+    listen: 127.0.0.1:0
+    internal: httpd
+    args: [--root, "{tmp}/current", %s]
+    stderr: log
+    preload: true
+"""
+
+
+def test_a_preloaded_handler_resolves_the_root_per_connection(
+        superd, tmp_path):
+    """The warm interpreter parses the options (and compiles --cgi) once, and
+    each handler still resolves --root: a deploy by moving a link is seen by
+    the next connection, with the --cgi patterns parsed in the warm one."""
+    for release in ("one", "two"):
+        (tmp_path / release / "scripts").mkdir(parents=True)
+        (tmp_path / release / "which.txt").write_text(release)
+        script = tmp_path / release / "scripts" / "hello"
+        script.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n%s'\n" % release)
+        script.chmod(0o755)
+    (tmp_path / "current").symlink_to(tmp_path / "one")
+    daemon = superd(PRELOADED % '--cgi, "/scripts/*"', args=["--log-level", "debug"])
+    address = daemon.address("http")
+    daemon.log.wait_for(r"^preload-ready service=http ")
+    assert get(address, "/which.txt")[1] == b"one"
+    assert get(address, "/scripts/hello")[1] == b"one"
+    (tmp_path / "next").symlink_to(tmp_path / "two")
+    (tmp_path / "next").replace(tmp_path / "current")    # an atomic switch of releases
+    assert get(address, "/which.txt")[1] == b"two"
+    assert get(address, "/scripts/hello")[1] == b"two"
+    assert daemon.log.count(r"^start level=debug service=http .* preload=1$") == 4
+    assert daemon.stop() == 0
+
+
+def test_a_preloaded_handler_with_a_bad_option_says_so_each_time(superd, tmp_path):
+    (tmp_path / "current").mkdir()
+    daemon = superd(PRELOADED % "--no-such-option")
+    address = daemon.address("http")
+    daemon.log.wait_for(r"^preload-ready service=http ")
+    for _ in range(2):
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            get(address, "/")
+    daemon.log.wait_count(r"^stderr service=http .*superd-httpd: .*--no-such-option"
+                          r".*\(try --help\)", 2)
+    daemon.log.wait_count(r"^exit service=http .* status=64 ", 2)
+    assert daemon.stop() == 0
+
+
 def test_wait(superd, site):
     daemon = superd(WAIT)
     address = daemon.address("http")

@@ -66,13 +66,14 @@ class WarmInterpreter:
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
                     "rlimits": list(self.service.rlimits), "uid": self.service.uid,
                     "gid": self.service.gid, "groups": list(self.service.groups),
-                    "env": list(plain.env)}
+                    "env": list(plain.env),
+                    # internal handlers are written to be imported: their top level runs once
+                    "split_main": bool(self.service.internal)}
         if not self.service.preload:
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         try:
             self.pid = spawner.start_program(
-                sys.executable, (sys.executable, FORKSERVER, json.dumps(settings)),
-                theirs.fileno(), workdir)
+                sys.executable, server_argv(self.service, settings), theirs.fileno(), workdir)
         except OSError:
             ours.close()
             raise
@@ -136,6 +137,19 @@ class WarmInterpreter:
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+
+
+def server_argv(service, settings):
+    """The fork server's command line.
+
+    Without `site` (-S) where the handler would have none either: an
+    internal handler is exec'd with -S, and a spawn server runs no Python
+    handler.  `site` costs ~2 MB of the server's memory (45 modules here),
+    which every fork copies the page tables of.  A preloaded script keeps
+    it: exec'd, its interpreter would import site too.
+    """
+    flags = ("-S",) if service.internal or not service.preload else ()
+    return (sys.executable,) + flags + (FORKSERVER, json.dumps(settings))
 
 
 def encode_request(env, wait_mode, stderr_mode):

@@ -3,6 +3,7 @@
 import array
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -166,6 +167,33 @@ services:
         sock.shutdown(socket.SHUT_WR)
         assert check(read_all(sock))
     d.log.wait_for(rf"^exit service={name} .*status=0")
+
+
+def test_each_kind_of_server_starts_as_its_handler_would(superd, tmp_path):
+    """An internal handler's warm interpreter runs without `site` (-S, as its
+    exec does) and its top level once (split_main); a preloaded script keeps
+    `site` and runs whole in each child; a spawn server has no `site`."""
+    script = python_handler(tmp_path, "script.py", "import os\nos.write(1, b'x')\n")
+    spawned = ('  spawned: {listen: "127.0.0.1:0", server: /bin/echo, user: nobody}\n'
+               if os.geteuid() == 0 else "")
+    d = superd(f"""
+services:
+  inner: {{listen: "127.0.0.1:0", internal: echo, preload: true}}
+  script: {{listen: "127.0.0.1:0", server: {script}, preload: true}}
+""" + spawned)
+
+    def server(name):
+        line = d.log.wait_for(rf"^preload-ready service={name} pid=")
+        argv = psutil.Process(int(re.search(r"pid=(\d+)", line).group(1))).cmdline()
+        return argv[1:-2], json.loads(argv[-1])     # flags, settings
+
+    flags, settings = server("inner")
+    assert flags == ["-S"] and settings["split_main"] is True
+    flags, settings = server("script")
+    assert flags == [] and settings["split_main"] is False
+    if spawned:
+        flags, settings = server("spawned")
+        assert flags == ["-S"] and "spawn" in settings
 
 
 def test_httpd_under_preload(superd, tmp_path):

@@ -54,7 +54,7 @@ import sys
 
 CONTROL_FD = 3
 MAX_MESSAGE = 1 << 16        # a request: the connection's environment; larger is refused
-STDERR_MODES = {ord("l"): "log", ord("0"): "null", ord("i"): "inherit"}
+STDERR_MODES = {b"l": "log", b"0": "null", b"i": "inherit"}
 MAX_BATCH = 64               # requests served in one wake-up before looking at exits again
 
 
@@ -145,7 +145,7 @@ def _answer(control, replies, path, stamp, start):
 def _request(data):
     """A request's bytes as {"wait", "stderr", "env": [(name, value), ...] as bytes}."""
     entries = data[2:].split(b"\0") if len(data) > 2 else ()
-    return {"wait": data[:1] == b"w", "stderr": STDERR_MODES.get(data[1], "inherit"),
+    return {"wait": data[:1] == b"w", "stderr": STDERR_MODES.get(data[1:2], "inherit"),
             "env": [entry.partition(b"=")[::2] for entry in entries]}
 
 

@@ -132,10 +132,10 @@ class Spawner:
 
         extra_env is the connection's part only: the server holds the
         service's.  Returns the stderr read fd (or None) at once; the pid
-        comes later, with token, on warm's control socket.  Raises warmserver.WarmUnavailable (or
-        its kind WarmBusy), and nothing is left open then.  The pipe's write end is
-        closed here: the message carries it, and a start that is never
-        answered is exec'd with a pipe of its own.
+        comes later, with token, on warm's control socket.  Raises
+        warmserver.WarmUnavailable (or its kind WarmBusy), and nothing is left
+        open then.  The pipe's write end is closed here: the message carries
+        it, and a start that is never answered is exec'd with a pipe of its own.
         """
         err_read, err_child = self._stderr(recipe)
         try:

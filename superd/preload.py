@@ -12,10 +12,10 @@ interpreter (a big process; its forks do not wait for an exec).
 A `WarmInterpreter` (superd/warmserver.py) starts forkserver.py (with
 posix_spawn, like any handler) and talks to it over a SOCK_SEQPACKET
 socketpair: each start sends the connection's fd (and the stderr fd) with
-SCM_RIGHTS, and the server answers {"pid": N} (or {"error": ...}, {"stale":
-true}) later. The loop never waits for that answer: it goes on accepting,
-and reads answers when the socket is readable, as it reads the server's
-exit reports. The socket keeps messages in order and the server answers
+SCM_RIGHTS, and the server answers with the pid (or an error, or "stale")
+later, in the format forkserver.py's docstring gives.  The loop never waits
+for that answer: it goes on accepting, and reads answers when the socket is
+readable, as it reads the server's exit reports. The socket keeps messages in order and the server answers
 requests in the order it got them, so each answer belongs to the oldest
 start not yet answered. The handler is a child of the fork server, so the
 fork server reports its exit status; superd is a child subreaper, so a
@@ -42,6 +42,7 @@ import selectors
 import signal
 import socket
 
+from superd import reaping
 from superd.warmserver import WarmBusy, WarmInterpreter, WarmUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -150,7 +151,7 @@ class WarmPool:
             return True, err_fd
         return False, None
 
-    def reaped(self, pid, status, outcome):
+    def reaped(self, pid, status):
         """True if pid was a fork server (then restart it when still wanted)."""
         entry = self.by_pid.pop(pid, None)
         if entry is None:
@@ -165,7 +166,7 @@ class WarmPool:
             servers[warm.slot] = None
             key = (name, warm.slot)
             delay = self.delay.get(key, self.RESTART_MIN)
-            self.log.warning("preload-exited", service=name, pid=pid, **outcome,
+            self.log.warning("preload-exited", service=name, pid=pid, **reaping.decode(status),
                              restart_in=delay, meanwhile=self._meanwhile(name))
             self.delay[key] = min(self.RESTART_MAX, delay * 2)
             if not self.stopping:

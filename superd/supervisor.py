@@ -371,7 +371,7 @@ class Supervisor(Lifecycle, Starts):
     def _reap(self):
         now = time.monotonic()
         for pid, status in reaping.reap_all():
-            if self.warm.reaped(pid, status, reaping.decode(status)):
+            if self.warm.reaped(pid, status):
                 continue
             child = self.children.pop(pid, None)
             if child is None and self.starting:

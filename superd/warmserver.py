@@ -99,7 +99,7 @@ class WarmInterpreter:
         message = encode_request(env, wait_mode, stderr_mode)
         try:
             self.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              _pack_fds(fds))])
+                                              array.array("i", fds))])
         except BlockingIOError:
             raise WarmBusy("control socket full") from None
         except OSError as err:
@@ -177,6 +177,3 @@ def _ints(data):
     flat.frombytes(data[1:len(data) - (len(data) - 1) % flat.itemsize])
     return flat
 
-
-def _pack_fds(fds):
-    return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)

@@ -173,15 +173,16 @@ class Spawner:
         if err_read is not None:          # a pipe of this start's own (not /dev/null)
             os.close(err_child)
 
-    def start_program(self, path, argv, control_fd, workdir):
-        """posix_spawn a helper of superd's own (the preload fork server).
+    def start_program(self, path, argv, control_fd, workdir, env=None):
+        """posix_spawn a helper of superd's own (a fork or spawn server).
 
-        fd 3 is control_fd, fds 0 and 1 /dev/null, fd 2 superd's stderr.
+        fd 3 is control_fd, fds 0 and 1 /dev/null, fd 2 superd's stderr;
+        its environment env (NAME, value) pairs, or only superd's PATH.
         """
         self._chdir(workdir)
         actions = [(os.POSIX_SPAWN_DUP2, self.devnull(), 0), (os.POSIX_SPAWN_DUP2, self.devnull(), 1),
                    (os.POSIX_SPAWN_DUP2, control_fd, 3)]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        env = dict(env) if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
                               setsigmask=(), setsigdef=_SIGDEF)
 

@@ -69,11 +69,15 @@ class WarmInterpreter:
                     "env": list(plain.env),
                     # internal handlers are written to be imported: their top level runs once
                     "split_main": bool(self.service.internal)}
+        # A warm interpreter starts in the handler's environment, as an exec'd
+        # one would: its locale, PYTHONIOENCODING and the like are read at start-up.
+        own_env = plain.env if self.service.preload else None
         if not self.service.preload:
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         try:
             self.pid = spawner.start_program(
-                sys.executable, server_argv(self.service, settings), theirs.fileno(), workdir)
+                sys.executable, server_argv(self.service, settings), theirs.fileno(), workdir,
+                own_env)
         except OSError:
             ours.close()
             raise

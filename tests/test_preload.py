@@ -252,6 +252,37 @@ services:
     assert b"SigIgn" in cold and warm == cold
 
 
+STREAMS_PROBE = r"""
+import sys
+def described(stream):
+    raw = getattr(stream.buffer, "raw", stream.buffer)
+    return [stream.name, stream.mode, stream.encoding, stream.errors, stream.line_buffering,
+            stream.write_through, stream.seekable(), raw.name, type(stream.buffer).__name__]
+line = sys.stdin.readline()         # a CRLF line: kept as sent, as a fresh interpreter does
+print(repr([line, described(sys.stdin), described(sys.stdout), described(sys.stderr)]))
+"""
+
+
+@pytest.mark.parametrize("stderr", ["inherit", "log", "null"])
+def test_std_streams_are_those_of_an_execd_handler(superd, tmp_path, stderr):
+    probe = python_handler(tmp_path, "streams.py", STREAMS_PROBE)
+    same = f"server: {probe}, stderr: {stderr}, env: {{PYTHONIOENCODING: 'latin-1:replace'}}"
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", {same}, preload: true}}
+  cold: {{listen: "127.0.0.1:0", {same}}}
+""")
+    d.log.wait_for(r"^preload-ready service=warm")
+    answers = {}
+    for name in ("cold", "warm", "warm"):
+        with connect(d.address(name)) as sock:
+            sock.sendall(b"one\r\ntwo\n")
+            answers.setdefault(name, []).append(read_all(sock))
+    cold = answers["cold"][0]
+    assert b"'one\\r\\n'" in cold and b"'iso8859-1'" in cold and b"'replace'" in cold
+    assert answers["warm"] == [cold, cold]
+
+
 # -- the fork server alone, driven over its control socket ------------------------------
 
 FORKSERVER = os.path.join(os.path.dirname(__file__), os.pardir, "superd", "forkserver.py")

@@ -1,12 +1,13 @@
 """The warm interpreter behind `preload: true`, and the spawn server behind
 `user:` (run as a program, stdlib only).
 
-superd starts one per preloaded service: `python forkserver.py SETTINGS_JSON`
-with a SOCK_SEQPACKET control socket on fd 3.  It compiles the handler once
+superd starts one per preloaded service: `python forkserver.py SETTINGS`
+(a dict, marshalled and then in hex) with a SOCK_SEQPACKET control socket
+on fd 3.  It compiles the handler once
 (in a throwaway child, so the warm heap stays small), imports every module the
 handler names anywhere in its source (lazy imports inside functions included)
 or, for internal handlers, runs their top level once (settings["split_main"]),
-says {"ready": true}, and then, for each request, forks a child that becomes
+says it is ready, and then, for each request, forks a child that becomes
 the handler exactly as a fresh interpreter would:
 
 - fds 0 and 1 (and 3 in wait mode) are the socket passed with the request,
@@ -27,7 +28,10 @@ moment at which superd itself runs as another user.
 The handler's environment is settings["env"] (the service's, sent once)
 with each request's connection variables on top.  The two messages of
 every connection are kept small, since both ends are Python and pay per
-byte and per object (warmserver.py writes and reads the same format):
+byte and per object (warmserver.py writes and reads the same format).
+Nothing here imports json, socket, signal or array: with what they pull in
+(enum, re, collections) they were a quarter of the warm heap, whose pages
+every fork copies the tables of and every child faults on:
 
 - a request: one byte "w" (wait mode) or "n", one byte for stderr ("l" a
   pipe, "0" /dev/null, "i" inherit), then NAME=value entries separated by
@@ -36,21 +40,19 @@ byte and per object (warmserver.py writes and reads the same format):
   requests: one message for every request read in one wake-up (a burst of
   starts costs superd one read, not one each).
 
-Rarer replies are JSON objects: {"ready": true} once warm, {"error": text}
-when the fork failed, {"stale": true} (and exit) when the handler file
-changed: superd then starts a fresh warm interpreter.  Exit reports, for
+Rarer replies: "r" and its pid in decimal once warm, "e" and the reason
+when a start failed, "s" (and exit) when the handler file changed: superd
+then starts a fresh warm interpreter.  Exit reports, for
 the children it reaped (superd cannot wait for a grandchild), are "x" and
 then (pid, status) pairs as native ints, sent after the pids of the same
 wake-up, so that superd always learns a pid before its exit.
 """
 
 import _signal
-import array
-import functools
-import json
+import _socket
+import marshal
 import os
-import signal
-import socket
+import select            # here: a spawn server cannot import once it runs as its user
 import sys
 
 CONTROL_FD = 3
@@ -60,12 +62,14 @@ MAX_BATCH = 64               # requests served in one wake-up before looking at 
 
 
 def main():
-    settings = json.loads(sys.argv[1])
+    settings = marshal.loads(bytes.fromhex(sys.argv[1]))
     fresh_signals = _signal_table()          # as a freshly started interpreter has them
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
-    control = socket.socket(fileno=CONTROL_FD)
+    control = _socket.socket(fileno=CONTROL_FD)
     os.chdir(settings["workdir"])
     settings["base_env"] = {_fs_encode(k): _fs_encode(v) for k, v in settings.get("env", ())}
+    if settings.get("rlimits"):
+        import resource                      # here, not in each child (a shared library)
     if settings.get("spawn"):
         _apply_limits(settings)              # as that user for good: no root left here
         path, program = None, None           # each exec reads the program afresh
@@ -80,10 +84,12 @@ def main():
     _SIGNALS_TO_RESTORE[:] = _changed_signals(fresh_signals)
     import gc
     gc.freeze()            # the warm heap is never collected in children: fewer copied pages
-    _send(control, {"ready": True, "pid": os.getpid()})
+    control.sendall(b"r%d" % os.getpid())
     wake_fd = wake_r.fileno()
     replies = _Replies(control)
-    start = functools.partial(serve, replies, program, settings)   # start(request, fds)
+
+    def start(request, fds):
+        serve(replies, program, settings, request, fds)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_fd:
@@ -103,23 +109,23 @@ class _Replies:
 
     def __init__(self, control):
         self.control = control
-        self.pids = array.array("i")
-        self.exits = array.array("i")     # pid, status, pid, status, ...
+        self.pids = bytearray()           # native ints (C int), as superd reads them
+        self.exits = bytearray()          # pid, status, pid, status, ...
 
     def other(self, message):
-        """A JSON reply, after the pids answered before it."""
+        """A refusal ("e" and why, or "s" for stale), after the pids answered before it."""
         self._send_pids()
-        _send(self.control, message)
+        self.control.sendall(message)
 
     def flush(self):
         self._send_pids()
         if self.exits:
-            self.control.sendall(b"x" + self.exits.tobytes())
+            self.control.sendall(b"x" + self.exits)
             del self.exits[:]
 
     def _send_pids(self):
         if self.pids:
-            self.control.sendall(b"p" + self.pids.tobytes())
+            self.control.sendall(b"p" + self.pids)
             del self.pids[:]
 
 
@@ -127,18 +133,18 @@ def _answer(control, replies, path, stamp, start):
     """Start a handler for every request queued now; False when this server must end."""
     for queued in range(MAX_BATCH):
         try:
-            data, fds = _receive(control, socket.MSG_DONTWAIT if queued else 0)
+            data, fds = _receive(control, _socket.MSG_DONTWAIT if queued else 0)
         except (BlockingIOError, InterruptedError):
             return True
         if data is None:
             return False                               # superd went away
         if not data:
             _close(fds)
-            replies.other({"error": "request larger than %d bytes" % MAX_MESSAGE})
+            replies.other(b"erequest larger than %d bytes" % MAX_MESSAGE)
             continue
         if not queued and _stamp(path) != stamp:
             _close(fds)
-            replies.other({"stale": True})             # superd starts a fresh one
+            replies.other(b"s")                        # superd starts a fresh one
             return False
         start(_request(data), fds)
     return True
@@ -165,13 +171,12 @@ def _event_sources(control):
     select.epoll itself, not selectors: its Python layer would run (and, with
     children alive, copy the pages of) several frames per wake-up.
     """
-    import select
-    wake_r, wake_w = socket.socketpair()
+    wake_r, wake_w = _socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.detach(), warn_on_full_buffer=False)   # open for good
-    signal.signal(signal.SIGCHLD, lambda *_: None)    # all work happens in the loop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _signal.set_wakeup_fd(wake_w.detach(), warn_on_full_buffer=False)   # open for good
+    _signal.signal(_signal.SIGCHLD, lambda *_: None)    # all work happens in the loop
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     poller = select.epoll()
     poller.register(control.fileno(), select.EPOLLIN)
     poller.register(wake_r.fileno(), select.EPOLLIN)
@@ -191,12 +196,12 @@ def _serve(replies, program, settings, request, fds):
         pid = os.fork()
     except OSError as err:
         _close(fds)
-        replies.other({"error": f"{err.strerror or err}", "errno": err.errno})
+        replies.other(b"e" + _fs_encode(err.strerror or str(err)))
         return
     if pid == 0:
         _become_handler(program, settings, request, fds)   # never returns
     _close(fds)
-    replies.pids.append(pid)
+    replies.pids += _native(pid)
 
 
 def _spawn(replies, program, settings, request, fds):
@@ -213,15 +218,15 @@ def _spawn(replies, program, settings, request, fds):
                              file_actions=actions, setsid=True, setsigmask=(),
                              setsigdef=_SIGDEF)
     except OSError as err:
-        replies.other({"error": f"{err.strerror or err}", "errno": err.errno})
+        replies.other(b"e" + _fs_encode(err.strerror or str(err)))
     else:
-        replies.pids.append(pid)
+        replies.pids += _native(pid)
     finally:
         _close(fds)
 
 
-_SIGDEF = [s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP)] + \
-    list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+_SIGDEF = [s for s in range(1, 32) if s not in (_signal.SIGKILL, _signal.SIGSTOP)] + \
+    list(range(_signal.SIGRTMIN, _signal.SIGRTMAX + 1))
 
 
 def _become_handler(program, settings, request, fds):
@@ -288,9 +293,9 @@ def _arrange_fds(fds, wait, stderr_mode):
 
 def _signal_table():
     table = {}
-    for sig in signal.valid_signals():
+    for sig in _signal.valid_signals():
         try:
-            table[sig] = signal.getsignal(sig)
+            table[sig] = _signal.getsignal(sig)
         except (OSError, ValueError):
             pass
     return table
@@ -300,7 +305,7 @@ def _changed_signals(fresh):
     """(signal number, handler) pairs, as plain ints where _signal.signal wants them."""
     return [(int(sig), int(handler) if isinstance(handler, int) else handler)
             for sig, handler in fresh.items()
-            if handler is not None and signal.getsignal(sig) != handler]
+            if handler is not None and _signal.getsignal(sig) != handler]
 
 
 _SIGNALS_TO_RESTORE = []      # (signal, handler): what differs from a fresh interpreter
@@ -346,7 +351,7 @@ def _make_std_streams():
     the child.  A child only takes its three: making them in each child
     copied ~80 pages of the warm heap, a tenth of a connection's faults.
     """
-    pair = socket.socketpair()
+    pair = _socket.socketpair()
     pipe_r, pipe_w = os.pipe()
     null = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -545,22 +550,18 @@ def _receive(control, extra_flags=0):
     Raises BlockingIOError with extra_flags=MSG_DONTWAIT when none is queued.
     """
     # close-on-exec as they arrive: dup'd where wanted, never leaked, no fcntl each
-    data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4),
-                                              socket.MSG_CMSG_CLOEXEC | extra_flags)
+    data, ancdata, flags, _ = control.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(8 * 4),
+                                              _socket.MSG_CMSG_CLOEXEC | extra_flags)
     if not data:
         return None, []
-    if flags & socket.MSG_TRUNC:
+    if flags & _socket.MSG_TRUNC:
         data = b""
     fds = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder)
                        for i in range(0, len(payload) - len(payload) % 4, 4))
     return data, fds
-
-
-def _send(control, message):
-    control.sendall(json.dumps(message).encode())
 
 
 def _reap(replies):
@@ -573,7 +574,13 @@ def _reap(replies):
             break
         if pid == 0:
             break
-        exits.extend((pid, status))
+        exits += _native(pid) + _native(status)
+
+
+def _native(value):
+    """value as a C int: superd reads replies with array("i"), and array here would
+    import collections."""
+    return value.to_bytes(4, sys.byteorder, signed=True)
 
 
 def _close(fds):

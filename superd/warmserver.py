@@ -11,7 +11,7 @@ connection's variables.
 """
 
 import array
-import json
+import marshal
 import socket
 import sys
 from collections import deque
@@ -153,7 +153,17 @@ def server_argv(service, settings):
     it: exec'd, its interpreter would import site too.
     """
     flags = ("-S",) if service.internal or not service.preload else ()
-    return (sys.executable,) + flags + (FORKSERVER, json.dumps(settings))
+    return (sys.executable,) + flags + (FORKSERVER, encode_settings(settings))
+
+
+def encode_settings(settings):
+    """The settings argument (forkserver.py reads it with what Python has loaded
+    at start-up: marshal, bytes.fromhex)."""
+    return marshal.dumps(settings).hex()
+
+
+def decode_settings(text):
+    return marshal.loads(bytes.fromhex(text))
 
 
 def encode_request(env, wait_mode, stderr_mode):
@@ -164,15 +174,21 @@ def encode_request(env, wait_mode, stderr_mode):
 
 
 def decode_message(data):
-    """A server's message as a dict: {"pids": [N, ...]}, {"exits": [(pid, status), ...]}
-    or a JSON object's."""
+    """A server's message as a dict: {"pids": [N, ...]}, {"exits": [(pid, status), ...]},
+    {"ready": True, "pid": N}, {"stale": True} or {"error": text}."""
     kind = data[:1]
     if kind == b"p":
         return {"pids": _ints(data)}
     if kind == b"x":
         flat = _ints(data)
         return {"exits": list(zip(flat[::2], flat[1::2]))}
-    return json.loads(data)
+    if kind == b"r" and data[1:].isdigit():
+        return {"ready": True, "pid": int(data[1:])}
+    if kind == b"s":
+        return {"stale": True}
+    if kind == b"e":
+        return {"error": data[1:].decode("utf-8", "replace")}
+    return {"error": f"unreadable message {data[:16]!r}"}
 
 
 def _ints(data):

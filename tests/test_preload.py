@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import connect, python_handler, read_all
-from superd.warmserver import decode_message, encode_request
+from superd.warmserver import decode_message, decode_settings, encode_request, encode_settings
 
 PROBE = r'''
 import json, os, random, sys
@@ -185,7 +185,7 @@ services:
     def server(name):
         line = d.log.wait_for(rf"^preload-ready service={name} pid=")
         argv = psutil.Process(int(re.search(r"pid=(\d+)", line).group(1))).cmdline()
-        return argv[1:-2], json.loads(argv[-1])     # flags, settings
+        return argv[1:-2], decode_settings(argv[-1])     # flags, settings
 
     flags, settings = server("inner")
     assert flags == ["-S"] and settings["split_main"] is True
@@ -308,7 +308,7 @@ class ForkServer:
                     "uid": -1, "gid": -1, "groups": [], "split_main": split_main}
         self.stderr = open(tmp_path / "forkserver.err", "w+b")
         self.pid = os.posix_spawn(
-            sys.executable, [sys.executable, "-S", FORKSERVER, json.dumps(settings)],
+            sys.executable, [sys.executable, "-S", FORKSERVER, encode_settings(settings)],
             dict(os.environ), setsid=True,
             file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
                           (os.POSIX_SPAWN_DUP2, self.stderr.fileno(), 2)])

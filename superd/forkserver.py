@@ -26,7 +26,11 @@ each handler with posix_spawn: no per-connection credential switch, and no
 moment at which superd itself runs as another user.
 
 The handler's environment is settings["env"] (the service's, sent once)
-with each request's connection variables on top.  The two messages of
+with each request's connection variables on top.  superd starts a warm
+interpreter in settings["env"], as it would exec the handler, so that what
+Python does with it at start-up (the locale, and LC_CTYPE's coercion in
+the C locale) is done alike; a child only adds the connection's, and sees
+what the handler's top level set.  The two messages of
 every connection are kept small, since both ends are Python and pay per
 byte and per object (warmserver.py writes and reads the same format).
 Nothing here imports json, socket, signal or array: with what they pull in
@@ -237,10 +241,10 @@ def _become_handler(program, settings, request, fds):
         _arrange_fds(fds, request["wait"], request["stderr"])
         _reset_signals()
         _apply_limits(settings)
-        env = _environment(settings, request)
+        env = request["env"]
         if request["wait"]:
-            env[b"LISTEN_PID"] = b"%d" % os.getpid()
-        _set_environ(env)
+            env.append((b"LISTEN_PID", b"%d" % os.getpid()))
+        _add_environ(env)
         _take_std_streams(request["stderr"])
         sys.argv = list(settings["argv"])
         status = _run_main(program, settings["argv"][0])
@@ -254,23 +258,20 @@ def _become_handler(program, settings, request, fds):
         os._exit(status)
 
 
-def _set_environ(env):
-    """os.environ (and the C environment that exec'd programs inherit) = env (bytes).
+def _add_environ(pairs):
+    """(name, value) pairs (bytes) into os.environ and the C environment.
 
-    Through the mapping's own store and the C functions: os.environ's
+    Through the mapping's own store and the C function: os.environ's
     MutableMapping methods run a Python frame per variable, and every frame
     touched in a forked child copies pages of the warm interpreter.
     """
-    old = getattr(os.environ, "_data", None)
-    if not isinstance(old, dict):            # not CPython's os._Environ: the slow way
-        os.environ.clear()
-        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in env.items()})
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):            # not CPython's os._Environ: the slow way
+        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in pairs})
         return
-    for key in old:
-        os.unsetenv(key)
-    for key, value in env.items():
+    for key, value in pairs:
         os.putenv(key, value)
-    os.environ._data = env          # CPython keeps it as bytes on POSIX, as given here
+        data[key] = value               # CPython keeps it as bytes on POSIX, as given here
 
 
 def _fs_encode(text, encoding=sys.getfilesystemencoding()):

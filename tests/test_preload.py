@@ -71,6 +71,21 @@ services:
     assert first["ppid"] == warm, "forked by the warm interpreter, not exec'd by superd"
 
 
+def test_environment_is_that_of_an_execd_handler(superd, probe):
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", server: {probe}, env: {{GREETING: hi}}, preload: true}}
+  cold: {{listen: "127.0.0.1:0", server: {probe}, env: {{GREETING: hi}}}}
+""")
+    d.log.wait_for(r"^preload-ready service=warm")
+    warm, again, cold = (ask(d.address(name))["env"] for name in ("warm", "warm", "cold"))
+    per_connection = {"SUPERD_SERVICE", "REMOTE_PORT", "TCPREMOTEPORT", "TCPLOCALPORT"}
+    assert set(warm) == set(again) == set(cold)
+    assert {k: v for k, v in warm.items() if k not in per_connection} == \
+        {k: v for k, v in cold.items() if k not in per_connection}
+    assert warm["REMOTE_PORT"] != again["REMOTE_PORT"], "each child its own connection's"
+
+
 def test_exit_status_signals_and_timeouts_as_for_exec(superd, tmp_path):
     fail = python_handler(tmp_path, "fail.py", "import sys\nsys.exit(7)\n")
     hang = python_handler(tmp_path, "hang.py", "import time\ntime.sleep(600)\n")

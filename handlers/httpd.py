@@ -1124,6 +1124,30 @@ def resolve(settings, segments):
     return path, st
 
 
+_O_DIRECTORY_PATH = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def real_directory(path):
+    """os.path.realpath(path), for a directory, in three system calls where
+    /proc names what an fd is open on (Linux).
+
+    realpath runs a Python loop with an lstat per component, every
+    connection (a link may move), and under preload each frame it runs
+    copies pages of the warm interpreter: ~37 of a handler's ~400.
+    """
+    try:
+        fd = os.open(path, _O_DIRECTORY_PATH)
+    except OSError:
+        return os.path.realpath(path)          # not a directory: main() says so
+    try:
+        real = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        real = ""
+    finally:
+        os.close(fd)
+    return real if real.startswith("/") else os.path.realpath(path)
+
+
 def try_resolve(settings, segments):
     try:
         return resolve(settings, segments)
@@ -2111,7 +2135,7 @@ def main(argv=None):
     if settings.version:
         sys.stdout.write(SERVER + "\n")
         return 0
-    settings.root_real = os.path.realpath(settings.root)   # every time: a link may move
+    settings.root_real = real_directory(settings.root)   # every time: a link may move
     if not os.path.isdir(settings.root_real):
         sys.stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
         return EX_CONFIG

@@ -303,6 +303,29 @@ def test_follow_symlinks(serve):
     assert h.get("/link-dir-out/secret.txt").status == 200
 
 
+def test_root_through_symbolic_links_is_resolved_for_the_escape_check(handler, site, tmp_path):
+    """--root may itself be a link (to a link): files are served from where it
+    leads, and a link inside that leaves it is still refused."""
+    (tmp_path / "inner").symlink_to(site)
+    (tmp_path / "outer").symlink_to(tmp_path / "inner")
+    h = handler(["--root", tmp_path / "outer" / "." / ""])
+    assert h.get("/alpha.txt").body == ALPHA
+    assert h.get("/link-in.txt").body == ALPHA, "a link that stays inside the real root"
+    assert h.get("/link-out.txt").status == 403
+    assert h.get("/link-dir-out/secret.txt").status == 403
+
+
+@pytest.mark.parametrize("name", ["outer", "outer/./", "inner/..", "file", "missing", "."])
+def test_real_directory_agrees_with_realpath(tmp_path, name):
+    from superd_handlers.httpd import real_directory
+    (tmp_path / "real").mkdir()
+    (tmp_path / "inner").symlink_to(tmp_path / "real")
+    (tmp_path / "outer").symlink_to(tmp_path / "inner")
+    (tmp_path / "file").write_text("x")
+    path = str(tmp_path / name)
+    assert real_directory(path) == os.path.realpath(path)
+
+
 def test_root_option_relative_and_default(handler, site):
     """--root defaults to the working directory; a relative one is resolved once."""
     a, b = __import__("socket").socketpair()

@@ -2,11 +2,11 @@
 `user:` (run as a program, stdlib only).
 
 superd starts one per preloaded service: `python forkserver.py SETTINGS`
-(a dict, marshalled and then in hex) with a SOCK_SEQPACKET control socket
-on fd 3.  It compiles the handler once
-(in a throwaway child, so the warm heap stays small), imports every module the
-handler names anywhere in its source (lazy imports inside functions included)
-or, for internal handlers, runs their top level once (settings["split_main"]),
+(a dict, marshalled and then in hex) with a SOCK_SEQPACKET control socket on
+fd 3.  It compiles the handler once (in a throwaway child, so the warm heap
+stays small), imports every module the handler names anywhere in its source
+(lazy imports inside functions included) or, for internal handlers, runs
+their top level once (settings["split_main"]),
 says it is ready, and then, for each request, forks a child that becomes
 the handler exactly as a fresh interpreter would:
 
@@ -71,10 +71,10 @@ def main():
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = _socket.socket(fileno=CONTROL_FD)
     os.chdir(settings["workdir"])
-    settings["base_env"] = {_fs_encode(k): _fs_encode(v) for k, v in settings.get("env", ())}
     if settings.get("rlimits"):
         import resource                      # here, not in each child (a shared library)
     if settings.get("spawn"):
+        settings["base_env"] = {_fs_encode(k): _fs_encode(v) for k, v in settings.get("env", ())}
         _apply_limits(settings)              # as that user for good: no root left here
         path, program = None, None           # each exec reads the program afresh
         serve = _spawn
@@ -162,8 +162,8 @@ def _request(data):
 
 
 def _environment(settings, request):
-    """The service's environment with the connection's on top, as bytes: both
-    posix_spawn and the C environment take bytes, so nothing is re-encoded."""
+    """Spawn mode: the service's environment with the connection's on top, as
+    bytes, which posix_spawn takes as they are."""
     env = settings["base_env"].copy()
     env.update(request["env"])
     return env
@@ -303,9 +303,8 @@ def _signal_table():
 
 
 def _changed_signals(fresh):
-    """(signal number, handler) pairs, as plain ints where _signal.signal wants them."""
-    return [(int(sig), int(handler) if isinstance(handler, int) else handler)
-            for sig, handler in fresh.items()
+    """(signal number, handler) pairs of what differs from `fresh` now."""
+    return [(sig, handler) for sig, handler in fresh.items()
             if handler is not None and _signal.getsignal(sig) != handler]
 
 

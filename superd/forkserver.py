@@ -150,7 +150,7 @@ def _answer(control, replies, path, stamp, start):
             _close(fds)
             replies.other(b"s")                        # superd starts a fresh one
             return False
-        start(_request(data), fds)
+        start(data, fds)             # parsed by whoever uses it (see _serve)
     return True
 
 
@@ -195,7 +195,10 @@ def _drain(sock):
         pass
 
 
-def _serve(replies, program, settings, request, fds):
+def _serve(replies, program, settings, data, fds):
+    """Fork one handler for a request (its bytes, parsed in the child: every
+    object this loop makes lands on a page shared with the children still
+    running, and costs a copy)."""
     try:
         pid = os.fork()
     except OSError as err:
@@ -203,13 +206,14 @@ def _serve(replies, program, settings, request, fds):
         replies.other(b"e" + _fs_encode(err.strerror or str(err)))
         return
     if pid == 0:
-        _become_handler(program, settings, request, fds)   # never returns
+        _become_handler(program, settings, data, fds)   # never returns
     _close(fds)
     replies.pids += _native(pid)
 
 
-def _spawn(replies, program, settings, request, fds):
+def _spawn(replies, program, settings, data, fds):
     """Spawn mode: posix_spawn the (non-Python) handler as this server's user."""
+    request = _request(data)
     sock = fds[0]
     actions = [(os.POSIX_SPAWN_DUP2, sock, 0), (os.POSIX_SPAWN_DUP2, sock, 1)]
     if request["wait"]:
@@ -233,9 +237,10 @@ _SIGDEF = [s for s in range(1, 32) if s not in (_signal.SIGKILL, _signal.SIGSTOP
     list(range(_signal.SIGRTMIN, _signal.SIGRTMAX + 1))
 
 
-def _become_handler(program, settings, request, fds):
+def _become_handler(program, settings, data, fds):
     status = 1
     try:
+        request = _request(data)
         _signal.set_wakeup_fd(-1)
         os.setsid()
         _arrange_fds(fds, request["wait"], request["stderr"])

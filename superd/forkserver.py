@@ -92,8 +92,9 @@ def main():
     wake_fd = wake_r.fileno()
     replies = _Replies(control)
 
-    def start(request, fds):
-        serve(replies, program, settings, request, fds)
+    def start(data, fds):
+        serve(replies, program, settings, data, fds)
+
     while True:
         for fd, _ in poller.poll():
             if fd == wake_fd:

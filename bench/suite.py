@@ -290,6 +290,9 @@ def chart(comparison, summary, meta, servers, modes, path):
         return summary[m][n][key] if n in summary[m] else NAN
 
     def bars(ax, series, ylabel, title, errors=None):
+        if not series:                 # e.g. --modes serial: no mode under load
+            ax.set_axis_off()
+            return
         width = 0.8 / len(series)
         for i, (label, values) in enumerate(series):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]

@@ -157,6 +157,7 @@ class WarmPool:
         if entry is None:
             return False
         name, warm = entry
+        warm.pid = 0                      # reaped: its pid may be another process's now
         self._read(name, warm)            # what it said before it died: answers, exits
         self._unanswered(name, warm, "fork server exited")
         self._unwatch(warm)
@@ -229,10 +230,10 @@ class WarmPool:
         for message in warm.messages():
             if "pids" in message:
                 for pid in message["pids"]:
-                    self._started(warm, pid)
+                    self._started(name, warm, pid)
             elif "exits" in message:
                 for pid, status in message["exits"]:
-                    self.on_exit(pid, status)
+                    self._exited(name, warm, pid, status)
             elif message.get("ready"):
                 warm.ready = True
                 self.delay.pop((name, warm.slot), None)
@@ -243,13 +244,29 @@ class WarmPool:
             self._unwatch(warm)
             self._unanswered(name, warm, "fork server closed its socket")
 
-    def _started(self, warm, pid):
+    def _started(self, name, warm, pid):
         """The answer to the oldest start: the server answers each request in turn."""
+        if not warm.pending:
+            self._trouble(name, warm, "answer to no request")
+            return
         warm.answered += 1
+        warm.children.add(pid)
         self.on_started(warm.pending.popleft(), pid)
+
+    def _exited(self, name, warm, pid, status):
+        """An exit report, believed only for a pid this server answered with:
+        a spawn server runs as its service's user, which superd does not trust."""
+        if pid not in warm.children:
+            self._trouble(name, warm, "exit of a process it did not start")
+            return
+        warm.children.discard(pid)
+        self.on_exit(pid, status)
 
     def _refused(self, name, warm, message):
         """A refusal, for the oldest start: exec it."""
+        if not warm.pending:
+            self._trouble(name, warm, "answer to no request")
+            return
         warm.answered += 1
         token = warm.pending.popleft()
         self._trouble(name, warm, "handler file changed" if message.get("stale")

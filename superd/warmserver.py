@@ -57,6 +57,7 @@ class WarmInterpreter:
         self.eof = False                 # the server closed its end: nothing more will come
         self.pending = deque()           # tokens of the starts sent and not answered, oldest first
         self.answered = 0                # answers so far (the pool's watchdog compares them)
+        self.children = set()            # pids it answered with whose exit it has not reported
         self.watchdog = None             # the pool's timer while starts wait
 
     def start(self, spawner, workdir):

@@ -157,6 +157,31 @@ services:
     d.wait_running("g", 0)
 
 
+def test_a_server_that_lies_is_ended_and_its_starts_are_execd(superd, tmp_path):
+    """A server's answers are believed only as replies: one that answers no
+    request, or reports the exit of a process it did not start (a spawn
+    server runs as a user superd does not trust), is ended and replaced."""
+    (tmp_path / "liar.py").write_text(
+        "import os, struct\n"
+        "try:\n"
+        "    os.write(3, b'x' + struct.pack('ii', 1, 0))    # the exit of pid 1\n"
+        "    os.write(3, b'p' + struct.pack('i', 1))        # a pid, asked for nothing\n"
+        "except OSError:\n"
+        "    pass                                            # exec'd: no fd 3\n")
+    handler = python_handler(tmp_path, "served.py",
+                             "import os, liar\nos.write(1, b'served by %d' % os.getppid())\n")
+    d = superd(f"""
+services:
+  l: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+""")
+    d.log.wait_for(r"^preload-unavailable level=warning service=l "
+                   r'reason="exit of a process it did not start"')
+    with connect(d.address("l")) as sock:
+        assert read_all(sock) == b"served by %d" % d.pid, "exec'd by superd meanwhile"
+    assert d.pid in {p.pid for p in psutil.process_iter()}
+    assert not [line for line in d.log.lines if line.startswith("internal-error")]
+
+
 def test_reload_replaces_the_warm_interpreter(superd, probe):
     text = f"""
 services:

@@ -6,9 +6,9 @@ superd starts one per preloaded service: `python forkserver.py SETTINGS`
 fd 3.  It compiles the handler once (in a throwaway child, so the warm heap
 stays small), imports every module the handler names anywhere in its source
 (lazy imports inside functions included) or, for internal handlers, runs
-their top level once (settings["split_main"]),
-says it is ready, and then, for each request, forks a child that becomes
-the handler exactly as a fresh interpreter would:
+their top level once (settings["split_main"]), says it is ready, and then,
+for each request, forks a child that becomes the handler exactly as a fresh
+interpreter would:
 
 - fds 0 and 1 (and 3 in wait mode) are the socket passed with the request,
   fd 2 per `stderr`; every other fd is closed;
@@ -17,8 +17,8 @@ the handler exactly as a fresh interpreter would:
   an empty mask; rlimits, groups, gid and uid set as the service says;
 - the environment superd built, sys.argv = [handler, *args], sys.std*
   objects as a fresh interpreter makes them (made once, unused until then),
-  `random` re-seeded (its at-fork hook), and the handler's
-  code run as __main__.
+  `random` re-seeded (its at-fork hook), and the handler's code run as
+  __main__.
 
 In spawn mode (settings["spawn"], for services with `user`/`group` that
 are not preloaded) it drops to that user once, at start, and then starts
@@ -30,12 +30,14 @@ with each request's connection variables on top.  superd starts a warm
 interpreter in settings["env"], as it would exec the handler, so that what
 Python does with it at start-up (the locale, and LC_CTYPE's coercion in
 the C locale) is done alike; a child only adds the connection's, and sees
-what the handler's top level set.  The two messages of
-every connection are kept small, since both ends are Python and pay per
-byte and per object (warmserver.py writes and reads the same format).
+what the handler's top level set.
+
 Nothing here imports json, socket, signal or array: with what they pull in
 (enum, re, collections) they were a quarter of the warm heap, whose pages
-every fork copies the tables of and every child faults on:
+every fork copies the tables of and every child faults on.  The two
+messages of every connection are kept small, since both ends are Python and
+pay per byte and per object (warmserver.py writes and reads the same
+format):
 
 - a request: one byte "w" (wait mode) or "n", one byte for stderr ("l" a
   pipe, "0" /dev/null, "i" inherit), then NAME=value entries separated by
@@ -46,10 +48,10 @@ every fork copies the tables of and every child faults on:
 
 Rarer replies: "r" and its pid in decimal once warm, "e" and the reason
 when a start failed, "s" (and exit) when the handler file changed: superd
-then starts a fresh warm interpreter.  Exit reports, for
-the children it reaped (superd cannot wait for a grandchild), are "x" and
-then (pid, status) pairs as native ints, sent after the pids of the same
-wake-up, so that superd always learns a pid before its exit.
+then starts a fresh warm interpreter.  Exit reports, for the children it
+reaped (superd cannot wait for a grandchild), are "x" and then (pid,
+status) pairs as native ints, sent after the pids of the same wake-up, so
+that superd always learns a pid before its exit.
 """
 
 import _signal
@@ -197,9 +199,11 @@ def _drain(sock):
 
 
 def _serve(replies, program, settings, data, fds):
-    """Fork one handler for a request (its bytes, parsed in the child: every
-    object this loop makes lands on a page shared with the children still
-    running, and costs a copy)."""
+    """Fork one handler for a request's bytes.
+
+    The child parses them: every object this loop makes lands on a page
+    shared with the children still running, and costs a copy.
+    """
     try:
         pid = os.fork()
     except OSError as err:

@@ -15,11 +15,12 @@ socketpair: each start sends the connection's fd (and the stderr fd) with
 SCM_RIGHTS, and the server answers with the pid (or an error, or "stale")
 later, in the format forkserver.py's docstring gives.  The loop never waits
 for that answer: it goes on accepting, and reads answers when the socket is
-readable, as it reads the server's exit reports. The socket keeps messages in order and the server answers
-requests in the order it got them, so each answer belongs to the oldest
-start not yet answered. The handler is a child of the fork server, so the
-fork server reports its exit status; superd is a child subreaper, so a
-handler whose fork server died is re-parented to superd and reaped there.
+readable, as it reads the server's exit reports.  The socket keeps messages
+in order and the server answers requests in the order it got them, so each
+answer belongs to the oldest start not yet answered.  The handler is a
+child of the fork server, so the fork server reports its exit status; superd
+is a child subreaper, so a handler whose fork server died is re-parented to
+superd and reaped there.
 
 Rule 1: a start the warm interpreter cannot serve (not ready, gone, its
 socket full, its handler file changed, its fork failed, or it died before

@@ -52,6 +52,15 @@ then starts a fresh warm interpreter.  Exit reports, for the children it
 reaped (superd cannot wait for a grandchild), are "x" and then (pid,
 status) pairs as native ints, sent after the pids of the same wake-up, so
 that superd always learns a pid before its exit.
+
+The ledger (fd 4, when settings["ledger"] gives its number of slots) is
+how superd learns the pids a server that died never sent.  The Nth
+request read (N from 0) is recorded in slot N % slots as N and the
+handler's pid, two native ints, by the forked child itself before
+anything else, or by a spawn server as soon as posix_spawn returns.  A
+child closes fd 3 only after that, so once superd has seen this server
+exit and its socket reach end of file, the ledger holds every handler it
+forked.
 """
 
 import _signal
@@ -62,6 +71,7 @@ import select            # here: a spawn server cannot import once it runs as it
 import sys
 
 CONTROL_FD = 3
+LEDGER_FD = 4
 MAX_MESSAGE = 1 << 16        # a request: the connection's environment; larger is refused
 STDERR_MODES = {b"l": "log", b"0": "null", b"i": "inherit"}
 MAX_BATCH = 64               # requests served in one wake-up before looking at exits again
@@ -72,6 +82,7 @@ def main():
     fresh_signals = _signal_table()          # as a freshly started interpreter has them
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = _socket.socket(fileno=CONTROL_FD)
+    ledger = _Ledger(settings.get("ledger", 0))
     os.chdir(settings["workdir"])
     if settings.get("rlimits"):
         import resource                      # here, not in each child (a shared library)
@@ -95,14 +106,14 @@ def main():
     replies = _Replies(control)
 
     def start(data, fds):
-        serve(replies, program, settings, data, fds)
+        serve(replies, program, settings, data, fds, ledger)
 
     while True:
         for fd, _ in poller.poll():
             if fd == wake_fd:
                 _drain(wake_r)
                 _reap(replies)
-            elif not _answer(control, replies, path, stamp, start):
+            elif not _answer(control, replies, ledger, path, stamp, start):
                 try:
                     replies.flush()       # answers owed for what it read before EOF
                 except OSError:
@@ -136,7 +147,26 @@ class _Replies:
             del self.pids[:]
 
 
-def _answer(control, replies, path, stamp, start):
+class _Ledger:
+    """Slots in superd's memfd on fd 4 (see the module docstring); none when
+    slots is 0 (a test's server)."""
+
+    def __init__(self, slots):
+        self.slots = slots
+        self.read = 0                     # requests read so far: the next one's number
+        if slots:
+            os.set_inheritable(LEDGER_FD, False)
+
+    def record(self, number, pid):
+        if self.slots:
+            try:
+                os.pwrite(LEDGER_FD, _native(number & 0x7FFFFFFF) + _native(pid),
+                          number % self.slots * 8)
+            except OSError:
+                pass                      # then superd execs it, as before the ledger
+
+
+def _answer(control, replies, ledger, path, stamp, start):
     """Start a handler for every request queued now; False when this server must end."""
     for queued in range(MAX_BATCH):
         try:
@@ -145,6 +175,7 @@ def _answer(control, replies, path, stamp, start):
             return True
         if data is None:
             return False                               # superd went away
+        ledger.read += 1
         if not data:
             _close(fds)
             replies.other(b"erequest larger than %d bytes" % MAX_MESSAGE)
@@ -198,7 +229,7 @@ def _drain(sock):
         pass
 
 
-def _serve(replies, program, settings, data, fds):
+def _serve(replies, program, settings, data, fds, ledger):
     """Fork one handler for a request's bytes.
 
     The child parses them: every object this loop makes lands on a page
@@ -211,12 +242,13 @@ def _serve(replies, program, settings, data, fds):
         replies.other(b"e" + _fs_encode(err.strerror or str(err)))
         return
     if pid == 0:
+        ledger.record(ledger.read - 1, os.getpid())      # first: see the module docstring
         _become_handler(program, settings, data, fds)   # never returns
     _close(fds)
     replies.pids += _native(pid)
 
 
-def _spawn(replies, program, settings, data, fds):
+def _spawn(replies, program, settings, data, fds, ledger):
     """Spawn mode: posix_spawn the (non-Python) handler as this server's user."""
     request = _request(data)
     sock = fds[0]
@@ -233,6 +265,7 @@ def _spawn(replies, program, settings, data, fds):
     except OSError as err:
         replies.other(b"e" + _fs_encode(err.strerror or str(err)))
     else:
+        ledger.record(ledger.read - 1, pid)
         replies.pids += _native(pid)
     finally:
         _close(fds)

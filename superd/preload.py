@@ -31,10 +31,13 @@ which calls `reaped()`; the pool decides when to start a new one.  Each of a
 service's servers lives in a slot of its own, dies, backs off and restarts
 on its own; the others go on serving meanwhile.
 Rule 3: every start sent ends in exactly one of the pool's on_started and
-on_unanswered: at its answer, or when its server's socket reaches end of
-file, or when its server is reaped, whichever comes first.  A server that
-leaves starts waiting REPLY_TIMEOUT s without answering any is killed, which
-ends them too.
+on_unanswered: at its answer, or once its server has been reaped and its
+socket has reached end of file.  Then the server's ledger (forkserver.py's
+docstring) names the handlers it started and never told us of: superd, the
+subreaper, has inherited them and adopts them (on_started); the other
+starts were never made (on_unanswered).  A server that leaves starts waiting
+REPLY_TIMEOUT s without answering any is killed, which ends them too; a
+dead server's socket that stays open as long after is not waited for.
 """
 
 import ctypes
@@ -109,6 +112,7 @@ class WarmPool:
         self.on_exit = on_exit
         self.current = {}        # service name -> [WarmInterpreter or None], one per slot
         self.by_pid = {}         # fork server pid -> (name, WarmInterpreter), until reaped
+        self.ending = {}         # WarmInterpreter reaped, owing starts until EOF -> service name
         self.delay = {}          # (service name, slot) -> next restart delay
         self.services = {}       # service name -> config.Service wanting servers
         self.stopping = False
@@ -159,10 +163,12 @@ class WarmPool:
             return False
         name, warm = entry
         warm.pid = 0                      # reaped: its pid may be another process's now
-        self._read(name, warm)            # what it said before it died: answers, exits
-        self._unanswered(name, warm, "fork server exited")
-        self._unwatch(warm)
-        warm.gone()
+        self._read(name, warm)            # what it said before it died; settled at EOF
+        if warm.control is not None:      # no EOF yet: a child may be still recording
+            if warm.pending:
+                self.ending[warm] = name
+            else:
+                self._settle(name, warm)
         servers = self.current.get(name)
         if servers and warm in servers:   # still in use (not retired by a reload)
             servers[warm.slot] = None
@@ -175,17 +181,26 @@ class WarmPool:
                 self.timers.at(self.clock() + delay, lambda: self._restart(name, warm.slot))
         return True
 
-    def catch_up(self):
-        """Read every server that owes answers, before superd calls a reaped pid unknown.
+    def catch_up(self, pid):
+        """Find the start of a reaped pid superd does not know, before it calls it
+        unknown: a handler whose server died is re-parented to superd and may
+        be reaped by it before its pid was read, or before its server was.
 
-        A handler whose server died is re-parented to superd and may be
-        reaped by it before the message with its pid has been read; the
-        server's socket reaches end of file before that, so all it said can
-        be read now.
+        Reads what every server owing starts said, then their ledgers.  A
+        reaped server said all it will before it was (`reaped` read it), and
+        one not reaped is not settled by reading it, so the pid is looked for
+        among the starts still owed.
         """
-        for name, warm in list(self.by_pid.values()):
-            if warm.pending:
-                self._read(name, warm)
+        owing = [(name, warm) for name, warm in self.by_pid.values() if warm.pending]
+        for name, warm in owing:
+            self._read(name, warm)
+        owing += [(name, warm) for warm, name in self.ending.items()]
+        for name, warm in owing:
+            for entry in warm.pending:
+                if warm.recorded(entry[0]) == pid:
+                    warm.pending.remove(entry)
+                    self._adopted(name, entry[1], pid)
+                    return
 
     def stop_all(self):
         self.stopping = True
@@ -243,7 +258,8 @@ class WarmPool:
                 self._refused(name, warm, message)
         if warm.eof:                      # it is exiting; the reaper does the rest
             self._unwatch(warm)
-            self._unanswered(name, warm, "fork server closed its socket")
+            if not warm.pid:              # reaped already
+                self._settle(name, warm)
 
     def _started(self, name, warm, pid):
         """The answer to the oldest start: the server answers each request in turn."""
@@ -252,7 +268,7 @@ class WarmPool:
             return
         warm.answered += 1
         warm.children.add(pid)
-        self.on_started(warm.pending.popleft(), pid)
+        self.on_started(warm.pending.popleft()[1], pid)
 
     def _exited(self, name, warm, pid, status):
         """An exit report, believed only for a pid this server answered with:
@@ -269,20 +285,44 @@ class WarmPool:
             self._trouble(name, warm, "answer to no request")
             return
         warm.answered += 1
-        token = warm.pending.popleft()
+        _, token = warm.pending.popleft()
         self._trouble(name, warm, "handler file changed" if message.get("stale")
                       else message.get("error", "fork failed"))
         self.on_unanswered(token)
 
-    def _unanswered(self, name, warm, why):
-        """The server will answer no more: exec every start it still owes."""
-        if not warm.pending:
-            return
-        warm.ready = False
-        self.log.warning("preload-unavailable", service=name, reason=why, fallback="exec",
-                         starts=len(warm.pending))
+    def _settle(self, name, warm, why="fork server exited"):
+        """The server will answer no more (Rule 3): adopt each start its ledger
+        names, exec the rest; then let go of it."""
+        self.ending.pop(warm, None)
+        unmade = []
         while warm.pending:
-            self.on_unanswered(warm.pending.popleft())
+            number, token = warm.pending.popleft()
+            pid = warm.recorded(number)
+            if pid and self._orphan(pid):
+                self._adopted(name, token, pid)
+            else:
+                unmade.append(token)
+        if unmade:
+            self.log.warning("preload-unavailable", service=name, reason=why, fallback="exec",
+                             starts=len(unmade))
+        self._unwatch(warm)
+        warm.gone()
+        for token in unmade:
+            self.on_unanswered(token)
+
+    def _orphan(self, pid):
+        """True for a child of superd's that is no server: one its ledger may name."""
+        if pid in self.by_pid:
+            return False
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False                  # not ours: a ledger that lies
+        return True
+
+    def _adopted(self, name, token, pid):
+        self.log.info("preload-adopted", service=name, pid=pid)
+        self.on_started(token, pid)
 
     def _trouble(self, name, warm, why, sig=signal.SIGTERM):
         """A start must fall back to exec; end this server so that a new one follows."""
@@ -300,9 +340,12 @@ class WarmPool:
 
     def _overdue(self, name, warm, seen):
         warm.watchdog = None
-        if warm.pending and warm.answered == seen and warm.pid:
-            # KILL, not TERM: a stopped server must end too, so that its starts are exec'd
-            self._trouble(name, warm, f"no answer in {REPLY_TIMEOUT:g} s", signal.SIGKILL)
+        if warm.pending and warm.answered == seen:
+            if warm.pid:
+                # KILL, not TERM: a stopped server must end too, so that its starts are exec'd
+                self._trouble(name, warm, f"no answer in {REPLY_TIMEOUT:g} s", signal.SIGKILL)
+            elif warm in self.ending:     # dead, and a child of it still holds its socket
+                self._settle(name, warm, f"no end of file in {REPLY_TIMEOUT:g} s")
         self._watch_answers(name, warm)
 
     def _retire(self, warm):

@@ -26,6 +26,7 @@ service's spawn server or warm interpreter instead (preload.py); it returns
 at once, and the pid comes later on that server's control socket.
 """
 
+import fcntl
 import os
 import shutil
 import signal
@@ -173,18 +174,27 @@ class Spawner:
         if err_read is not None:          # a pipe of this start's own (not /dev/null)
             os.close(err_child)
 
-    def start_program(self, path, argv, control_fd, workdir, env=None):
+    def start_program(self, path, argv, fds, workdir, env=None):
         """posix_spawn a helper of superd's own (a fork or spawn server).
 
-        fd 3 is control_fd, fds 0 and 1 /dev/null, fd 2 superd's stderr;
-        its environment env (NAME, value) pairs, or only superd's PATH.
+        fds become its fds 3, 4, ...; fds 0 and 1 are /dev/null, fd 2 superd's
+        stderr; its environment env (NAME, value) pairs, or only superd's PATH.
         """
         self._chdir(workdir)
-        actions = [(os.POSIX_SPAWN_DUP2, self.devnull(), 0), (os.POSIX_SPAWN_DUP2, self.devnull(), 1),
-                   (os.POSIX_SPAWN_DUP2, control_fd, 3)]
+        actions = [(os.POSIX_SPAWN_DUP2, self.devnull(), 0), (os.POSIX_SPAWN_DUP2, self.devnull(), 1)]
+        moved = []           # an fd an earlier dup2 would overwrite is copied above them all
+        for target, fd in enumerate(fds, 3):
+            if 3 <= fd < target:
+                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(fds))
+                moved.append(fd)
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
         env = dict(env) if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
-                              setsigmask=(), setsigdef=_SIGDEF)
+        try:
+            return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
+                                  setsigmask=(), setsigdef=_SIGDEF)
+        finally:
+            for fd in moved:
+                os.close(fd)
 
     @staticmethod
     def _chdir(workdir):

@@ -375,7 +375,7 @@ class Supervisor(Lifecycle, Starts):
                 continue
             child = self.children.pop(pid, None)
             if child is None and self.starting:
-                self.warm.catch_up()      # an orphaned handler whose pid is not read yet?
+                self.warm.catch_up(pid)   # an orphaned handler whose pid is not read yet?
                 child = self.children.pop(pid, None)
             if child is None:
                 self.log.info("reaped", pid=pid, **reaping.decode(status))

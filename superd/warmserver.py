@@ -12,6 +12,7 @@ connection's variables.
 
 import array
 import marshal
+import os
 import socket
 import sys
 from collections import deque
@@ -21,6 +22,7 @@ from superd.handlers_path import internal_source
 from superd.spawn import recipe
 
 STDERR_CODES = {"log": b"l", "null": b"0", "inherit": b"i"}
+LEDGER_SLOTS = 1024      # starts a server may owe at once: one ledger slot each
 
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 
@@ -46,6 +48,9 @@ class WarmInterpreter:
 
     Requests go out without waiting; `pending` remembers, in order, whose
     answer is still owed, since the server answers every request in turn.
+    Each request has a number, its place in the order sent (the server
+    counts them as it reads), under which the server's ledger records the
+    pid it started for it (forkserver.py's docstring).
     """
 
     def __init__(self, service, slot=0):
@@ -55,7 +60,9 @@ class WarmInterpreter:
         self.pid = 0
         self.ready = False
         self.eof = False                 # the server closed its end: nothing more will come
-        self.pending = deque()           # tokens of the starts sent and not answered, oldest first
+        self.ledger = None               # our fd of the server's ledger (a memfd)
+        self.pending = deque()           # (number, token) of each start not answered, oldest first
+        self.sent = 0                    # requests sent so far: the next one's number
         self.answered = 0                # answers so far (the pool's watchdog compares them)
         self.children = set()            # pids it answered with whose exit it has not reported
         self.watchdog = None             # the pool's timer while starts wait
@@ -69,21 +76,29 @@ class WarmInterpreter:
                     "gid": self.service.gid, "groups": list(self.service.groups),
                     "env": list(plain.env),
                     # internal handlers are written to be imported: their top level runs once
-                    "split_main": bool(self.service.internal)}
+                    "split_main": bool(self.service.internal), "ledger": LEDGER_SLOTS}
         # A warm interpreter starts in the handler's environment, as an exec'd
         # one would: its locale, PYTHONIOENCODING and the like are read at start-up.
         own_env = plain.env if self.service.preload else None
         if not self.service.preload:
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         try:
-            self.pid = spawner.start_program(
-                sys.executable, server_argv(self.service, settings), theirs.fileno(), workdir,
-                own_env)
+            ledger = _new_ledger()
         except OSError:
             ours.close()
+            theirs.close()
+            raise
+        try:
+            self.pid = spawner.start_program(
+                sys.executable, server_argv(self.service, settings), (theirs.fileno(), ledger),
+                workdir, own_env)
+        except OSError:
+            ours.close()
+            os.close(ledger)
             raise
         finally:
             theirs.close()
+        self.ledger = ledger
         ours.setblocking(False)          # the loop reads it and never waits on it
         self.control = ours
         self.ready = False
@@ -100,6 +115,8 @@ class WarmInterpreter:
         """
         if not self.ready or self.control is None:
             raise WarmUnavailable("not ready")
+        if len(self.pending) >= LEDGER_SLOTS:
+            raise WarmBusy("every ledger slot taken")
         fds = [sock_fd] + ([err_fd] if err_fd is not None else [])
         message = encode_request(env, wait_mode, stderr_mode)
         try:
@@ -110,7 +127,17 @@ class WarmInterpreter:
         except OSError as err:
             self.ready = False
             raise WarmUnavailable(f"control socket: {err}") from None
-        self.pending.append(token)
+        self.pending.append((self.sent, token))
+        self.sent += 1
+
+    def recorded(self, number):
+        """The pid the server's ledger holds for request `number`, or 0."""
+        try:
+            entry = os.pread(self.ledger, 8, number % LEDGER_SLOTS * 8)
+        except (OSError, TypeError):
+            return 0
+        flat = _ints(b"-" + entry)
+        return flat[1] if len(flat) == 2 and flat[0] == number & 0x7FFFFFFF else 0
 
     def messages(self):
         """Yield each message the server sent, as a dict, until none is queued.
@@ -139,9 +166,23 @@ class WarmInterpreter:
     def gone(self):
         self.stop()
         self.pid = 0
+        if self.ledger is not None:
+            os.close(self.ledger)
+            self.ledger = None
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+
+
+def _new_ledger():
+    """A zeroed memfd of LEDGER_SLOTS slots, for fd 4 of a server."""
+    fd = os.memfd_create("superd-ledger", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, LEDGER_SLOTS * 8)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def server_argv(service, settings):

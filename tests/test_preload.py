@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import psutil
@@ -145,8 +146,8 @@ services:
     warm = int(d.log.wait_for(r"^preload-ready service=g").split("pid=")[1])
     client = connect(d.address("g"))
     client.sendall(b"")
-    # superd knows the handler's pid: killed before that, the server would leave
-    # a handler superd cannot tell from a start never made (superd(8), BUGS)
+    # the handler runs and superd knows its pid: a kill before that is the
+    # next tests' (..._killed_at_a_fork..., ..._adopted_from_the_ledger)
     d.log.wait_for(r"^start .*service=g .*preload=1")
     os.kill(warm, signal.SIGKILL)
     d.log.wait_for(rf"^preload-exited level=warning service=g pid={warm}")
@@ -155,6 +156,100 @@ services:
     client.close()
     d.log.wait_for(r"^exit service=g .*status=0")   # superd (child subreaper) reaped it
     d.wait_running("g", 0)
+
+
+@pytest.mark.parametrize("hook, preloaded", [("before", 0), ("after_in_parent", 1)])
+def test_a_server_killed_at_a_fork_leaves_one_handler_on_the_connection(
+        superd, tmp_path, hook, preloaded):
+    """Killed just before a fork, the server made no handler and superd execs
+    one; killed just after, before it could send the pid, its ledger names
+    the child, which superd adopts and reaps, and execs nothing."""
+    (tmp_path / "killer.py").write_text(   # imported by the warm interpreter: hooks its forks
+        "import os, signal\n"
+        f"os.register_at_fork({hook}=lambda: os.kill(os.getpid(), signal.SIGKILL))\n")
+    handler = python_handler(tmp_path, "served.py",
+                             "import os, sys, killer\nsys.stdin.readline()\n"
+                             "os.write(1, b'%d\\n' % os.getpid())\n")
+    d = superd(f"""
+services:
+  k: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+""", args=["--log-level", "debug"])
+    warm = int(d.log.wait_for(r"^preload-ready service=k").split("pid=")[1])
+    with connect(d.address("k")) as sock:
+        sock.sendall(b"hello\n")
+        sock.shutdown(socket.SHUT_WR)
+        answers = read_all(sock).split()
+    assert len(answers) == 1, f"one handler on the connection, not {answers}"
+    pid = int(answers[0])
+    d.log.wait_for(rf"^preload-exited level=warning service=k pid={warm} signal=SIGKILL")
+    d.log.wait_for(rf"^start level=debug service=k .*pid={pid} preload={preloaded}$")
+    d.log.wait_for(rf"^exit service=k .*pid={pid} status=0")
+    assert d.log.count(r"^preload-adopted ") == preloaded
+    assert d.log.count(r"^start level=debug ") == 1
+    d.wait_running("k", 0)
+
+
+STOP_SECOND_CHILD = r"""
+import os, signal, socket
+forks = [0]
+def parent():
+    forks[0] += 1
+    if forks[0] == 2:                       # the second fork of a wake-up: die, telling no one
+        os.kill(os.getpid(), signal.SIGKILL)
+def child():
+    if forks[0] == 1:                       # the second child: stops before it records itself
+        with socket.socket(socket.AF_UNIX) as report:
+            report.connect(os.environ["REPORT"])
+            report.sendall(b"%d" % os.getpid())
+        os.kill(os.getpid(), signal.SIGSTOP)
+os.register_at_fork(after_in_parent=parent, after_in_child=child)
+"""
+
+
+def test_an_orphan_reaped_before_its_server_is_adopted_from_the_ledger(superd, tmp_path):
+    """The server forks two handlers in one wake-up and dies before it sends
+    either pid.  The first runs, exits and is reaped by superd while the
+    second, stopped, still holds the server's socket open: superd finds the
+    first in the ledger and adopts it then; the second when its socket
+    closes.  Each connection gets exactly one handler, and none is exec'd."""
+    (tmp_path / "killer.py").write_text(STOP_SECOND_CHILD)
+    handler = python_handler(tmp_path, "served.py",
+                             "import os, killer\nos.write(1, b'%d\\n' % os.getpid())\n")
+    report = socket.socket(socket.AF_UNIX)
+    report.bind(str(tmp_path / "report"))
+    report.listen()
+    report.settimeout(30)
+    d = superd(f"""
+services:
+  k: {{listen: "127.0.0.1:0", server: {handler}, preload: true,
+       env: {{REPORT: {tmp_path / "report"}}}}}
+""", args=["--log-level", "debug"])
+    warm = int(d.log.wait_for(r"^preload-ready service=k").split("pid=")[1])
+    os.kill(warm, signal.SIGSTOP)               # both requests are read in one wake-up
+    clients = [connect(d.address("k")) for _ in range(2)]
+    d.wait_running("k", 2)
+    os.kill(warm, signal.SIGCONT)
+    stopped, _ = report.accept()
+    with stopped:
+        second = int(read_all(stopped))
+    try:
+        first = int(read_all(clients[0]))
+        d.log.wait_for(rf"^preload-adopted service=k pid={first}$")
+        d.log.wait_for(rf"^exit service=k .*pid={first} status=0")
+        os.kill(second, signal.SIGCONT)
+        assert read_all(clients[1]).split() == [b"%d" % second], "one handler, the forked one"
+        d.log.wait_for(rf"^preload-adopted service=k pid={second}$")
+        d.log.wait_for(rf"^exit service=k .*pid={second} status=0")
+    finally:
+        for sock in clients + [report]:
+            sock.close()
+        try:
+            os.kill(second, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert d.log.count(r"^start level=debug service=k .*preload=0") == 0, "nothing exec'd"
+    assert "preload-unavailable" not in d.log.text()
+    d.wait_running("k", 0)
 
 
 def test_a_server_that_lies_is_ended_and_its_starts_are_execd(superd, tmp_path):
@@ -342,18 +437,27 @@ if __name__ == "__main__":
 
 
 class ForkServer:
-    """forkserver.py started as superd starts it: settings in argv, control on fd 3."""
+    """forkserver.py started as superd starts it: settings in argv, control on fd 3,
+    and a ledger of `ledger` slots on fd 4 (none if 0)."""
 
-    def __init__(self, tmp_path, handler, split_main):
+    def __init__(self, tmp_path, handler, split_main, ledger=0, spawn=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         settings = {"argv": [str(handler)], "workdir": str(tmp_path), "rlimits": [],
                     "uid": -1, "gid": -1, "groups": [], "split_main": split_main}
+        if spawn:                               # a spawn server: posix_spawns spawn's argv
+            settings.update(spawn={"path": spawn[0], "argv": spawn}, env=[])
         self.stderr = open(tmp_path / "forkserver.err", "w+b")
+        actions = [(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                   (os.POSIX_SPAWN_DUP2, self.stderr.fileno(), 2)]
+        self.ledger = None
+        if ledger:
+            settings["ledger"] = ledger
+            self.ledger = os.memfd_create("test-ledger")
+            os.ftruncate(self.ledger, ledger * 8)
+            actions.append((os.POSIX_SPAWN_DUP2, self.ledger, 4))
         self.pid = os.posix_spawn(
             sys.executable, [sys.executable, "-S", FORKSERVER, encode_settings(settings)],
-            dict(os.environ), setsid=True,
-            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-                          (os.POSIX_SPAWN_DUP2, self.stderr.fileno(), 2)])
+            dict(os.environ), setsid=True, file_actions=actions)
         theirs.close()
         ours.settimeout(30)
         self.control = ours
@@ -391,8 +495,15 @@ class ForkServer:
         _, self.status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(self.status)
 
+    def ledger_slots(self):
+        """[(number, pid), ...], one per slot of the ledger."""
+        flat = array.array("i", os.pread(self.ledger, 1 << 16, 0))
+        return list(zip(flat[::2], flat[1::2]))
+
     def close(self):
         self.control.close()
+        if self.ledger is not None:
+            os.close(self.ledger)
         if self.status is None:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
@@ -406,8 +517,8 @@ class ForkServer:
 def forkserver(tmp_path):
     started = []
 
-    def start(handler, split_main):
-        server = ForkServer(tmp_path, handler, split_main)
+    def start(handler, split_main, ledger=0, spawn=None):
+        server = ForkServer(tmp_path, handler, split_main, ledger, spawn)
         started.append(server)
         return server
     yield start
@@ -499,3 +610,48 @@ def test_an_oversized_request_is_refused_and_the_next_one_served(forkserver, tmp
     assert "larger than" in reply["error"]
     pid, output = server.start({"TOP_LOG": str(tmp_path / "top.log")})
     assert output == b"main %d __main__" % pid
+
+
+@pytest.mark.parametrize("spawn", [None, ["/bin/sh", "-c", "echo spawned $$"]])
+def test_the_ledger_numbers_every_request_read_and_records_each_pid(forkserver, tmp_path, spawn):
+    """Request N (refused ones counted) is recorded in slot N % slots as (N, pid),
+    by a forked child or by a spawn server."""
+    handler = tmp_path / "split.py"
+    handler.write_text(SPLIT_HANDLER)
+    server = forkserver(handler, True, ledger=2, spawn=spawn)
+    assert server.message()["ready"] is True
+    client, handler_end = socket.socketpair()
+    with client, handler_end:                   # request 0: refused, and counted
+        huge = encode_request({"BIG": "x" * 100_000}, False, "inherit")
+        server.control.sendmsg([huge], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [handler_end.fileno()]))])
+        assert "larger than" in server.message()["error"]
+    env = {"TOP_LOG": str(tmp_path / "top.log")}
+    first, _ = server.start(env)                # request 1: slot 1
+    assert server.ledger_slots() == [(0, 0), (1, first)]
+    second, _ = server.start(env)               # request 2: slot 0 again
+    assert server.ledger_slots() == [(2, second), (1, first)]
+
+
+START_PROGRAM_ON_FD_3 = r"""
+import fcntl, os, sys
+from superd.spawn import Spawner
+def high(fd):
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+three_r, three_w, four_r, four_w = map(high, os.pipe() + os.pipe())
+os.dup2(four_w, 3, inheritable=False)        # a source fd that the first dup2 overwrites
+pid = Spawner().start_program("/bin/sh", ["sh", "-c", "echo three >&3; echo four >&4"],
+                              (three_w, 3), "/")
+os.close(three_w), os.close(four_w), os.close(3)
+_, status = os.waitpid(pid, 0)
+print(os.read(three_r, 100), os.read(four_r, 100), status)
+"""
+
+
+def test_a_server_gets_each_of_its_fds_even_one_numbered_like_another_target():
+    """start_program's fd 4 is the fd 3 it was given, not the fd 3 it just made."""
+    out = subprocess.run([sys.executable, "-c", START_PROGRAM_ON_FD_3], capture_output=True,
+                         timeout=30, check=True).stdout
+    assert out.split() == [b"b'three\\n'", b"b'four\\n'", b"0"]

@@ -94,8 +94,9 @@ class WarmPool:
     starts (`send`), hands it every reaped pid (`reaped` says whether it was
     a fork server) and calls `stop_all` on shutdown.  What the servers say
     comes back through three callbacks, in the loop: on_started(token, pid)
-    when a start is answered with a pid, on_unanswered(token) when it never
-    will be (exec it), on_exit(pid, status) for each handler exit they report.
+    when a start is answered with a pid (False if superd refuses the pid, and
+    then it execs the start itself), on_unanswered(token) when it never will
+    be (exec it), on_exit(pid, status) for each handler exit they report.
     """
 
     RESTART_MIN, RESTART_MAX = 0.5, 30.0
@@ -267,8 +268,10 @@ class WarmPool:
             self._trouble(name, warm, "answer to no request")
             return
         warm.answered += 1
-        warm.children.add(pid)
-        self.on_started(warm.pending.popleft()[1], pid)
+        if self.on_started(warm.pending.popleft()[1], pid):
+            warm.children.add(pid)
+        else:
+            self._trouble(name, warm, "pid of a process superd knows")
 
     def _exited(self, name, warm, pid, status):
         """An exit report, believed only for a pid this server answered with:
@@ -321,8 +324,8 @@ class WarmPool:
         return True
 
     def _adopted(self, name, token, pid):
-        self.log.info("preload-adopted", service=name, pid=pid)
-        self.on_started(token, pid)
+        if self.on_started(token, pid):
+            self.log.info("preload-adopted", service=name, pid=pid)
 
     def _trouble(self, name, warm, why, sig=signal.SIGTERM):
         """A start must fall back to exec; end this server so that a new one follows."""

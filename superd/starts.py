@@ -52,7 +52,14 @@ class Starts:
         return True
 
     def _spawned(self, start, pid):
-        """A spawn server started it (preload.WarmPool on_started): now it is a Child."""
+        """A spawn server started it (preload.WarmPool on_started): now it is a Child.
+
+        False, and exec'd instead, when pid is a handler superd tracks
+        already: the server lies (it runs code superd does not trust).
+        """
+        if pid in self.children:
+            self._unanswered(start)
+            return False
         self.starting.discard(start)
         if not start.wait:
             os.close(start.fd)            # the handler has its own copy now
@@ -60,6 +67,7 @@ class Starts:
         self._track(child, start.err_fd, preload=True)
         if self.stopping and child.listener is not None:
             killpg(pid, signal.SIGTERM)   # as _stop did to the wait-mode handlers it knew
+        return True
 
     def _unanswered(self, start):
         """A spawn server will never start it (preload.WarmPool on_unanswered): exec it."""

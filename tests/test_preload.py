@@ -277,6 +277,40 @@ services:
     assert not [line for line in d.log.lines if line.startswith("internal-error")]
 
 
+def test_a_pid_superd_knows_already_is_refused(superd, tmp_path):
+    """A server that answers with the pid of another service's handler does
+    not take that handler from its service: superd execs the start itself
+    and ends the server."""
+    (tmp_path / "liar.py").write_text(
+        "import os, struct\n"
+        "def parent():                   # before the true pid, a pid it read from a file\n"
+        "    target = int(open(os.environ['TARGET']).read())\n"
+        "    os.write(3, b'p' + struct.pack('i', target))\n"
+        "os.register_at_fork(after_in_parent=parent)\n")
+    held = python_handler(tmp_path, "held.py", "import os, sys\n"
+                          "os.write(1, b'%d\\n' % os.getpid())\nsys.stdin.readline()\n")
+    served = python_handler(tmp_path, "served.py", "import os, liar\nos.write(1, b'served')\n")
+    d = superd(f"""
+services:
+  e: {{listen: "127.0.0.1:0", server: {held}}}
+  l: {{listen: "127.0.0.1:0", server: {served}, preload: true,
+       env: {{TARGET: {tmp_path / "target"}}}}}
+""")
+    d.log.wait_for(r"^preload-ready service=l")
+    with connect(d.address("e")) as held_client:
+        pid = int(held_client.makefile("rb").readline())
+        (tmp_path / "target").write_text(str(pid))
+        with connect(d.address("l")) as sock:
+            assert b"served" in read_all(sock)
+        d.log.wait_for(r"^preload-unavailable level=warning service=l "
+                       r'reason="pid of a process superd knows"')
+        held_client.sendall(b"bye\n")
+        assert read_all(held_client) == b""
+    d.log.wait_for(rf"^exit service=e .*pid={pid} status=0")
+    d.wait_running("e", 0)
+    d.wait_running("l", 0)
+
+
 def test_reload_replaces_the_warm_interpreter(superd, probe):
     text = f"""
 services:

@@ -24,7 +24,7 @@ superd and reaped there.
 
 Rule 1: a start the warm interpreter cannot serve (not ready, gone, its
 socket full, its handler file changed, its fork failed, or it died before
-answering) is started with exec by the caller, and the connection is never
+starting it) is started with exec by the caller, and the connection is never
 lost: the caller keeps its own copy of the connection until the answer.
 Rule 2: the fork server is superd's child and is reaped by the supervisor,
 which calls `reaped()`; the pool decides when to start a new one.  Each of a

@@ -132,9 +132,11 @@ class WarmInterpreter:
 
     def recorded(self, number):
         """The pid the server's ledger holds for request `number`, or 0."""
+        if self.ledger is None:
+            return 0
         try:
             entry = os.pread(self.ledger, 8, number % LEDGER_SLOTS * 8)
-        except (OSError, TypeError):
+        except OSError:
             return 0
         flat = _ints(b"-" + entry)
         return flat[1] if len(flat) == 2 and flat[0] == number & 0x7FFFFFFF else 0

@@ -262,13 +262,20 @@ class WarmPool:
             if not warm.pid:              # reaped already
                 self._settle(name, warm)
 
-    def _started(self, name, warm, pid):
-        """The answer to the oldest start: the server answers each request in turn."""
+    def _oldest(self, name, warm):
+        """The token an answer is for: the oldest start's, since the server
+        answers each request in turn; None (and the server ended) if none waits."""
         if not warm.pending:
             self._trouble(name, warm, "answer to no request")
-            return
+            return None
         warm.answered += 1
-        if self.on_started(warm.pending.popleft()[1], pid):
+        return warm.pending.popleft()[1]
+
+    def _started(self, name, warm, pid):
+        token = self._oldest(name, warm)
+        if token is None:
+            return
+        if self.on_started(token, pid):
             warm.children.add(pid)
         else:
             self._trouble(name, warm, "pid of a process superd knows")
@@ -284,11 +291,9 @@ class WarmPool:
 
     def _refused(self, name, warm, message):
         """A refusal, for the oldest start: exec it."""
-        if not warm.pending:
-            self._trouble(name, warm, "answer to no request")
+        token = self._oldest(name, warm)
+        if token is None:
             return
-        warm.answered += 1
-        _, token = warm.pending.popleft()
         self._trouble(name, warm, "handler file changed" if message.get("stale")
                       else message.get("error", "fork failed"))
         self.on_unanswered(token)

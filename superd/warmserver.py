@@ -82,19 +82,16 @@ class WarmInterpreter:
         own_env = plain.env if self.service.preload else None
         if not self.service.preload:
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
+        ledger = None
         try:
             ledger = _new_ledger()
-        except OSError:
-            ours.close()
-            theirs.close()
-            raise
-        try:
             self.pid = spawner.start_program(
                 sys.executable, server_argv(self.service, settings), (theirs.fileno(), ledger),
                 workdir, own_env)
         except OSError:
             ours.close()
-            os.close(ledger)
+            if ledger is not None:
+                os.close(ledger)
             raise
         finally:
             theirs.close()

@@ -6,6 +6,7 @@ that cannot be bound, say).
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -44,6 +45,8 @@ def _seconds(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
@@ -71,7 +74,7 @@ def check(path):
 
 def serve(path, args):
     from superd import spawn
-    from superd.supervisor import Supervisor
+    from superd.supervisor import ReadyFileError, Supervisor
 
     _prepare_fds()
     log = Logger(args.log_format, args.log_level)
@@ -85,6 +88,9 @@ def serve(path, args):
     except spawn.SpawnSetupError as err:
         log.error("config-error", problem=str(err))
         return EX_CONFIG
+    except ReadyFileError as err:
+        log.error("ready-file-failed", path=err.path, error=err.name)
+        return EX_OSERR
     except OSError as err:
         log.error("cannot-listen", address=getattr(err, "address", ""),
                   error=err.strerror or str(err))

@@ -155,6 +155,12 @@ def load(path, environ=None):
     return Config(str(path), tuple(services))
 
 
+def _is_extension(key):
+    """x-NAME at the top level is the user's, ignored: a place for YAML anchors
+    that services merge in (`<<: *name`), as in compose files."""
+    return isinstance(key, str) and key.startswith("x-")
+
+
 def _top_level(tree, found, folder, environ):
     if found.problems:
         return []
@@ -162,8 +168,9 @@ def _top_level(tree, found, folder, environ):
         found.add(1, None, "expected a mapping with a 'services' key")
         return []
     for key in tree:
-        if key not in ("defaults", "services"):
-            found.add(tree.lines[key], key, "unknown top-level key (expected defaults, services)")
+        if key not in ("defaults", "services") and not _is_extension(key):
+            found.add(tree.lines[key], key,
+                      "unknown top-level key (expected defaults, services, or x-NAME)")
     defaults = tree.get("defaults") or yamlfile.Located(tree.line)
     if not isinstance(defaults, yamlfile.Located):
         found.add(tree.lines["defaults"], "defaults", "expected a mapping of service settings")

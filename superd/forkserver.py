@@ -65,6 +65,7 @@ forked.
 
 import _signal
 import _socket
+import atexit            # built in: costs the warm heap nothing
 import marshal
 import os
 import select            # here: a spawn server cannot import once it runs as its user
@@ -461,12 +462,27 @@ def _run_main(program, path):
         import traceback
         traceback.print_exc()
         status = 1
+    _finalize()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass
     return status
+
+
+def _finalize():
+    """What a fresh interpreter does at exit before it flushes its streams
+    (Py_FinalizeEx): wait for the threads that are not daemons, then run
+    the atexit functions.  Neither changes the exit status."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+    atexit._run_exitfuncs()
 
 
 def _main_module(path):

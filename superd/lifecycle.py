@@ -8,6 +8,7 @@ supervisor's module docstring states the rules both halves keep.
 import os
 import signal
 import time
+from functools import partial
 
 from superd import config as configuration
 from superd import listeners as sockets
@@ -72,8 +73,12 @@ class Lifecycle:
             self._unwatch(listener)
             self.paused.discard(listener)
             self.backoff.discard(listener)
-            self.log.info("closed", service=listener.service, address=listener.text)
+            pid = self.busy.get(listener)
+            self.log.info("closed", service=listener.service, address=listener.text,
+                          **({"handler": pid} if pid else {}))
             listener.close()
+            if pid:
+                self._end_wait_handler(pid, listener)
         for name, state in self.states.items():
             if name not in recipes:
                 for listener in state.listeners:
@@ -91,6 +96,18 @@ class Lifecycle:
         self._check_load()
         self._announce()             # before the log line: readers wait for that line
         self.log.info("reloaded", config=self.config_path, services=len(self.states))
+
+    def _end_wait_handler(self, pid, listener):
+        """A wait-mode handler owns its listener: closing superd's copy does not
+        refuse its clients, so a reload that drops the listener ends it as a
+        stop does, TERM now and KILL after the grace period."""
+        killpg(pid, signal.SIGTERM)
+        self.timers.at(time.monotonic() + self.grace, partial(self._kill_if_still, pid, listener))
+
+    def _kill_if_still(self, pid, listener):
+        child = self.children.get(pid)
+        if child is not None and child.listener is listener:   # not a reused pid
+            killpg(pid, signal.SIGKILL)
 
     # -- shutdown ------------------------------------------------------------------
     def _stop(self, sig):

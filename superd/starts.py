@@ -65,8 +65,11 @@ class Starts:
             os.close(start.fd)            # the handler has its own copy now
         child = start.child(pid)
         self._track(child, start.err_fd, preload=True)
-        if self.stopping and child.listener is not None:
-            killpg(pid, signal.SIGTERM)   # as _stop did to the wait-mode handlers it knew
+        if child.listener is not None:
+            if self.stopping:
+                killpg(pid, signal.SIGTERM)   # as _stop did to the wait-mode handlers it knew
+            elif child.listener.sock.fileno() == -1:
+                self._end_wait_handler(pid, child.listener)   # a reload closed it meanwhile
         return True
 
     def _unanswered(self, start):

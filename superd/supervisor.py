@@ -59,6 +59,15 @@ LOAD_INTERVAL = 1.0      # seconds between load-average checks (only with max_lo
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
+class ReadyFileError(OSError):
+    """The ready file could not be written at start: superd does not serve then."""
+
+    def __init__(self, path, err):
+        super().__init__(err.errno, err.strerror)
+        self.path = path
+        self.name = errname(err)
+
+
 class Supervisor(Lifecycle, Starts):
     def __init__(self, config_path, log, ready_file=None, grace=10.0):
         self.config_path = os.path.abspath(config_path)
@@ -108,7 +117,19 @@ class Supervisor(Lifecycle, Starts):
         self.log.info("started", pid=os.getpid(), config=self.config_path,
                       services=len(self.states))
         self._check_load()
-        self._announce()
+        try:
+            self._write_ready_file()
+        except OSError as err:
+            self._abandon_start()
+            raise ReadyFileError(self.ready_file, err) from err
+        self._announce(written=True)
+
+    def _abandon_start(self):
+        """Undo a start that cannot announce itself: no listener or server outlives it."""
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners = {}
+        self.warm.stop_all()
 
     def _install(self, config, recipes):
         states = {}
@@ -137,10 +158,11 @@ class Supervisor(Lifecycle, Starts):
             signal.signal(sig, ignore_in_handler)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
 
-    def _announce(self):
+    def _announce(self, written=False):
         try:
-            self._write_ready_file()
-        except OSError as err:
+            if not written:
+                self._write_ready_file()
+        except OSError as err:            # after a reload: the old file still names a live pid
             self.log.error("ready-file-failed", path=self.ready_file, error=errname(err))
         systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
 
@@ -149,9 +171,13 @@ class Supervisor(Lifecycle, Starts):
             ready = {"pid": os.getpid(),
                      "services": {n: [l.text for l in s.listeners] for n, s in self.states.items()}}
             tmp = f"{self.ready_file}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(ready, f)
-            os.replace(tmp, self.ready_file)
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(ready, f)
+                os.replace(tmp, self.ready_file)
+            except OSError:
+                unlink_quietly(tmp)
+                raise
 
     # -- the loop ------------------------------------------------------------
     def run(self):

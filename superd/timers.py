@@ -9,6 +9,8 @@ reads the clock: the loop passes `now` in, which keeps this testable.
 import heapq
 import itertools
 
+MAX_SLEEP = 86400.0       # seconds: far below epoll's limit
+
 
 class Timer:
     __slots__ = ("when", "callback", "cancelled")
@@ -38,7 +40,7 @@ class Timers:
             heapq.heappop(self._heap)
         if not self._heap:
             return None
-        return max(0.0, self._heap[0][0] - now)
+        return min(MAX_SLEEP, max(0.0, self._heap[0][0] - now))
 
     def run_due(self, now):
         while self._heap and self._heap[0][0] <= now:

@@ -8,6 +8,7 @@ bind and that the ready-file prints.
 """
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 
@@ -51,14 +52,29 @@ def boolean(value):
 
 def string(value):
     if isinstance(value, str) and value:
-        return value
+        return no_nul(value)
     raise ValueError(f"expected a non-empty string, got {value!r}")
 
 
+def no_nul(text):
+    """text, unless it holds a NUL byte, which no argv, environment or path can carry."""
+    if "\0" in text:
+        raise ValueError(f"a NUL byte cannot be passed to a program: {text!r}")
+    return text
+
+
 def string_list(value):
-    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
-        return tuple(str(v) for v in value)
-    raise ValueError(f"expected a list of strings, got {value!r}")
+    """A list of strings (numbers taken as written); a YAML boolean is refused:
+    an unquoted yes, no, on or off is one, and its text would be lost."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    for item in value:
+        if isinstance(item, bool):
+            raise ValueError(f"{item!r} in {value!r} is a YAML boolean: quote it "
+                             "(yes, no, on, off, true and false unquoted are booleans)")
+        if not isinstance(item, (str, int, float)):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(no_nul(str(v)) for v in value)
 
 
 def env_mapping(value):
@@ -84,7 +100,7 @@ def scalar_text(value):
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, (str, int, float)):
-        return str(value)
+        return no_nul(str(value))
     raise ValueError(f"expected a string or number, got {value!r}")
 
 
@@ -113,10 +129,16 @@ def positive_int(value):
 
 
 def duration(value):
-    """Seconds, as a number above 0."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    """Seconds, as a finite number above 0."""
+    if _finite_above_zero(value):
         return float(value)
     raise ValueError(f"expected a number of seconds above 0, got {value!r}")
+
+
+def _finite_above_zero(value):
+    """A YAML number (not a boolean) above 0 and below infinity (.inf and .nan are not)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value > 0 and math.isfinite(value))
 
 
 def size(value):
@@ -144,7 +166,7 @@ def stderr_target(value):
 
 
 def number(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    if _finite_above_zero(value):
         return float(value)
     raise ValueError(f"expected a number above 0, got {value!r}")
 
@@ -198,6 +220,7 @@ def window(*required, optional=()):
     return convert
 
 
+RLIMIT_MAX = (1 << 63) - 1       # what setrlimit takes from Python (and prlimit parses)
 RLIMIT_KINDS = {"nofile": "count", "nproc": "count", "as": "size", "data": "size",
                 "stack": "size", "fsize": "size", "core": "size", "cpu": "seconds"}
 
@@ -213,12 +236,15 @@ def rlimits(value):
             raise ValueError(f"unknown limit {name!r}; expected one of {', '.join(RLIMIT_KINDS)}")
         if limit == "unlimited":
             out.append((name, "unlimited"))
-        elif kind == "size":
-            out.append((name, size(limit)))
-        elif isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
-            out.append((name, limit))
-        else:
+            continue
+        if kind == "size":
+            limit = size(limit)
+        elif not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
             raise ValueError(f"{name}: expected a whole number or 'unlimited', got {limit!r}")
+        if limit > RLIMIT_MAX:
+            raise ValueError(f"{name}: {limit} is above the largest limit, {RLIMIT_MAX}; "
+                             "say 'unlimited'")
+        out.append((name, limit))
     return tuple(sorted(out))
 
 

@@ -47,10 +47,17 @@ def load(text):
     return _plain(node, yaml.constructor.SafeConstructor(), problems), problems
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _plain(node, constructor, problems):
     if isinstance(node, yaml.MappingNode):
         out = Located(node.start_mark.line + 1)
+        merges = []
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merges.append(value_node)
+                continue
             key = _plain(key_node, constructor, problems)
             line = key_node.start_mark.line + 1
             if isinstance(key, (dict, list)):
@@ -62,6 +69,8 @@ def _plain(node, constructor, problems):
                 continue
             out[key] = _plain(value_node, constructor, problems)
             out.lines[key] = line
+        for value_node in merges:
+            _merge(out, value_node, constructor, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(child, constructor, problems) for child in node.value]
@@ -70,3 +79,19 @@ def _plain(node, constructor, problems):
     except yaml.constructor.ConstructorError as err:
         problems.append(YamlProblem(node.start_mark.line + 1, None, str(err.problem)))
         return None
+
+
+def _merge(out, node, constructor, problems):
+    """A merge key (`<<: *defaults`, or a list of them): each mapping's keys
+    join `out` unless given already, by `out` itself or an earlier mapping."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            problems.append(YamlProblem(node.start_mark.line + 1, "<<",
+                                        "a merge key takes a mapping or a list of mappings"))
+            return
+        merged = _plain(source, constructor, problems)
+        for key, value in merged.items():
+            if key not in out:
+                out[key] = value
+                out.lines[key] = merged.lines[key]

@@ -83,6 +83,15 @@ def problems(tmp_path, text):
     ("services:\n  'a:b': {listen: 0, server: /bin/cat}\n", 2, "services.a:b", "service name"),
     ("services:\n  off: {listen: 0, server: /bin/cat}\n", 2, "services.False", "quote it"),
     ("services:\n  a: {listen: 0, server: /bin/cat, preload: true}\n", 2, "services.a.preload", "needs a Python handler"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, timeout: .inf}\n", 2, "services.a.timeout", "seconds above 0"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rate: {limit: 1, per: 1, pause: .nan}}\n", 2, "services.a.rate", "seconds above 0"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, max_load: .inf}\n", 2, "services.a.max_load", "number above 0"),
+    ('services:\n  a: {listen: 0, server: /bin/cat, env: {A: "x\\0y"}}\n', 2, "services.a.env", "NUL byte"),
+    ('services:\n  a: {listen: 0, server: /bin/cat, args: ["a\\0b"]}\n', 2, "services.a.args", "NUL byte"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, args: [--color, yes]}\n", 2, "services.a.args", "quote it"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {nofile: 99999999999999999999999}}\n", 2, "services.a.rlimits", "largest limit"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {as: 99999999999G}}\n", 2, "services.a.rlimits", "largest limit"),
+    ("services:\n  a: {listen: 0, server: /bin/cat, <<: [1, 2]}\n", 2, "<<", "merge key"),
 ])
 def test_each_error_names_line_and_key(tmp_path, text, line, key, fragment):
     found = problems(tmp_path, text)
@@ -93,6 +102,29 @@ def test_each_error_names_line_and_key(tmp_path, text, line, key, fragment):
     assert key is None or key in (p.key or "")
     assert fragment in p.message
     assert str(p).startswith(f"{p.file}:{line}: ")
+
+
+def test_merge_keys_and_x_keys_share_settings_between_services(tmp_path):
+    cfg = load_text(tmp_path, """
+        x-small: &small
+          instances: 5
+          timeout: 30
+          env: {A: "1"}
+        services:
+          a:
+            <<: *small
+            listen: 0
+            server: /bin/cat
+            timeout: 10
+          b:
+            <<: [*small, {instances: 9, stderr: null}]
+            listen: 1
+            server: /bin/cat
+        """)
+    a, b = cfg.services
+    assert (a.instances, a.timeout) == (5, 10.0), "a key given beside the merge wins"
+    assert (b.instances, b.timeout, b.stderr) == (5, 30.0, "null"), "the first mapping wins"
+    assert ("A", "1") in a.base_env
 
 
 def test_a_clean_file_resolves_everything(tmp_path):
@@ -256,7 +288,8 @@ def test_check_missing_file_is_a_config_error(tmp_path):
     assert r.returncode == 78 and "cannot read" in r.stderr
 
 
-@pytest.mark.parametrize("argv", [["--bogus"], ["--log-format", "xml"], ["--grace", "soon"]])
+@pytest.mark.parametrize("argv", [["--bogus"], ["--log-format", "xml"], ["--grace", "soon"],
+                                  ["--grace", "nan"], ["--grace", "inf"]])
 def test_usage_errors_exit_64(argv):
     r = subprocess.run([sys.executable, "-m", "superd", *argv], capture_output=True, timeout=30)
     assert r.returncode == 64

@@ -344,3 +344,60 @@ services:
     line = d.log.wait_for(r'"event": "exit"')
     record = json.loads(line)
     assert record["service"] == "a" and record["status"] == 0 and record["client"].startswith("127.0.0.1:")
+
+
+# -- timers past the kernel's longest sleep -----------------------------------
+
+def test_timers_a_month_away_neither_crash_nor_fire(superd, gate):
+    """epoll sleeps at most ~24.8 days: a longer timeout, rate pause or grace
+    must still be waited for, not crash the loop."""
+    month = 30 * 86400
+    d = superd(f"""
+services:
+  gate:
+    listen: "127.0.0.1:0"
+    server: {gate}
+    timeout: {month}
+    rate: {{limit: 1, per: 1, pause: {month}}}
+""", args=["--grace", str(month)])
+    assert ask(d.address("gate")).endswith(b"hi\n")      # a timer of a month runs
+    d.log.wait_for(r"^service-paused .*service=gate .*reason=rate")
+    held = connect(d.address("gate"))                    # queued while paused
+    d.wait_running("gate", 0)                            # the loop still answers signals
+    d.send(signal.SIGTERM)
+    d.log.wait_for(r"^stopping signal=SIGTERM .*grace=2592000")
+    held.close()
+    assert d.proc.wait(TIMEOUT) == 0
+
+
+def test_grace_a_month_away_still_ends_at_a_second_term(superd, tmp_path):
+    hang = python_handler(tmp_path, "hang.py", "import os, time\nos.write(1, b'up')\ntime.sleep(600)\n")
+    d = superd(f"""
+services:
+  hang: {{listen: "127.0.0.1:0", server: {hang}, timeout: 2592000}}
+""", args=["--grace", "3000000"])
+    with connect(d.address("hang")) as client:
+        assert client.recv(2) == b"up"
+        d.send(signal.SIGTERM)
+        d.log.wait_for(r"^stopping signal=SIGTERM .*running=1")
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(TIMEOUT) == 0
+    assert d.log.count(r"internal-error|Traceback") == 0
+
+
+# -- the ready file ---------------------------------------------------------------
+
+def test_a_ready_file_that_cannot_be_written_at_start_exits_71(tmp_path, gate):
+    from conftest import start_superd
+    sock_path = tmp_path / "gate.sock"
+    d = start_superd(tmp_path, f"""
+services:
+  gate: {{listen: "unix:{sock_path}", server: {gate}}}
+""", args=["--ready-file", str(tmp_path / "no" / "such" / "dir" / "ready.json")], wait=False)
+    try:
+        assert d.proc.wait(TIMEOUT) == 71
+        d.log.wait_for(r"^ready-file-failed level=error path=\S+ready\.json error=.*ENOENT")
+        assert not sock_path.exists(), "the listener it had bound is gone with it"
+        assert list((tmp_path).glob("**/*.tmp")) == []
+    finally:
+        d.kill()

@@ -191,3 +191,48 @@ def wait_for_line(stream, needle, timeout=TIMEOUT):
         if not line:
             break
     raise AssertionError(f"no line with {needle!r}")
+
+
+# Serves every connection with its pid, for ever; ignores TERM when told to.
+FOREVER_WAIT = r'''
+import os, signal, socket, sys
+if sys.argv[1:] == ["stubborn"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    conn.sendall(b"%d" % os.getpid())
+    conn.close()
+'''
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+def test_a_reload_that_drops_a_wait_listener_ends_its_handler(superd, tmp_path, stubborn):
+    """The handler owns the listening socket: unless superd ends it, the
+    removed service would go on accepting on its old address."""
+    handler = python_handler(tmp_path, "forever.py", FOREVER_WAIT)
+    args = '["stubborn"]' if stubborn else "[]"
+    d = superd(f"""
+services:
+  moving: {{listen: "127.0.0.1:0", server: {handler}, args: {args}, mode: wait}}
+  going: {{listen: "127.0.0.1:0", server: {handler}, args: {args}, mode: wait}}
+""", args=["--grace", "0.5"])
+    old = {name: d.address(name) for name in ("moving", "going")}
+    pids = {}
+    for name, address in old.items():
+        with connect(address) as sock:
+            pids[name] = int(read_all(sock))
+    lines = d.reload(f"""
+services:
+  moving: {{listen: "127.0.0.2:0", server: {handler}, mode: wait}}
+""")
+    for name in ("moving", "going"):
+        assert any(l.startswith(f"closed service={name} ") and f"handler={pids[name]}" in l
+                   for l in lines), lines
+        signal_name = "SIGKILL" if stubborn else "SIGTERM"
+        d.log.wait_for(rf"^exit service={name} .*pid={pids[name]} signal={signal_name}")
+        with pytest.raises(OSError):
+            connect(old[name], timeout=2)      # nobody accepts there any more
+    assert d.address("moving") != old["moving"]
+    with connect(d.address("moving")) as sock:
+        assert int(read_all(sock)) not in pids.values(), "the new address gets a new handler"

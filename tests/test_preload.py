@@ -105,6 +105,36 @@ services:
     d.log.wait_for(r"^exit service=hang .*signal=SIGTERM .*timeout=1")
 
 
+# Ends its main code at once, leaving work to a thread and to atexit; a
+# fresh interpreter waits for the thread, then runs atexit, then exits 3.
+AT_EXIT = r'''
+import atexit, sys, threading
+gate = threading.Event()
+def late():
+    gate.wait(10)
+    print("thread done", flush=True)
+atexit.register(print, "atexit ran")
+threading.Thread(target=late).start()
+print("main done", flush=True)
+gate.set()
+sys.exit(3)
+'''
+
+
+def test_the_exit_waits_for_threads_and_runs_atexit_as_for_exec(superd, tmp_path):
+    handler = python_handler(tmp_path, "atexit.py", AT_EXIT)
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+  cold: {{listen: "127.0.0.1:0", server: {handler}}}
+""")
+    d.log.wait_for(r"^preload-ready service=warm")
+    for name in ("warm", "cold"):
+        with connect(d.address(name)) as sock:
+            assert read_all(sock) == b"main done\nthread done\natexit ran\n", name
+        d.log.wait_for(rf"^exit service={name} .*status=3")
+
+
 def test_changed_handler_file_gets_a_fresh_warm_interpreter(superd, tmp_path):
     handler = python_handler(tmp_path, "v.py", "import os\nos.write(1, b'v1')\n")
     d = start_preloaded(superd, f"""

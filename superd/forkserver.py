@@ -474,15 +474,17 @@ def _run_main(program, path):
 def _finalize():
     """What a fresh interpreter does at exit before it flushes its streams
     (Py_FinalizeEx): wait for the threads that are not daemons, then run
-    the atexit functions.  Neither changes the exit status."""
+    the atexit functions.  Neither changes the exit status.  Each only when
+    there is something to do: what it touches costs a child copied pages."""
     threading = sys.modules.get("threading")
-    if threading is not None:
+    if threading is not None and len(threading._active) > 1:   # more than this one
         try:
             threading._shutdown()
         except BaseException:
             import traceback
             traceback.print_exc()
-    atexit._run_exitfuncs()
+    if atexit._ncallbacks():
+        atexit._run_exitfuncs()
 
 
 def _main_module(path):

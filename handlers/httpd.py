@@ -25,7 +25,8 @@ Rules this file keeps (the tests check each one):
             minimum body rate, the CGI timeout.  Nothing blocks forever.
     Rule 3: every file served comes from under --root, after percent-decoding
             once and normalising; dotfiles are never served; a symbolic link
-            may only lead outside the root with --follow-symlinks.
+            may only lead outside the root with --follow-symlinks, and never
+            to a dotfile or into a CGI folder (a program's source).
     Rule 4: a message whose framing is ambiguous (Content-Length with
             Transfer-Encoding, lengths that disagree, obs-fold, a bad chunk)
             is answered 400 and the connection closed, never guessed at.
@@ -514,6 +515,17 @@ def is_hidden(segments):
     return False
 
 
+def in_cgi_folder(globs, segments):
+    """Whether the path of segments, or a leading part of it, matches a CGI
+    pattern: a CGI program or what lies in its folder (see find_script)."""
+    prefix = ""
+    for segment in segments:
+        prefix += "/" + segment
+        if any(glob_match(tokens, prefix) for tokens in globs):
+            return True
+    return False
+
+
 def compile_glob(pattern):
     """Split a CGI pattern into tokens: "**" (anything), "*" (no "/"), "?", text."""
     tokens = []
@@ -721,14 +733,66 @@ def accepts_gzip(field):
 
 
 def parse_chunk_size(line):
-    """The size of a chunk-size line (CRLF removed); extensions are ignored."""
-    size, _, ext = line.partition(b";")
+    """The size of a chunk-size line (CRLF removed); extensions are checked
+    (RFC 9112 7.1.1) and ignored."""
+    size, semi, ext = line.partition(b";")
     size = size.rstrip(b" \t")
     if not size or size.translate(None, HEXDIGITS) or len(size) > 15:
         raise HttpError(400, "malformed chunk size", close=True)
-    if ext.translate(None, VCHAR_OBS):
+    if semi and not is_chunk_ext(ext):
         raise HttpError(400, "malformed chunk extension", close=True)
     return int(size, 16)
+
+
+def is_chunk_ext(ext):
+    """Whether ext, what follows a chunk size's first ";", completes a
+    chunk-ext: BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ], then
+    any number of BWS ";" and the same again.  Runs only for a chunk that
+    has an extension."""
+    i, n = 0, len(ext)
+    while True:
+        start = _span(ext, i, b" \t")
+        i = _span(ext, start, TCHAR)
+        if i == start:
+            return False                          # no ext-name
+        i = _span(ext, i, b" \t")
+        if ext[i:i + 1] == b"=":
+            i = _span(ext, i + 1, b" \t")
+            j = _quoted_end(ext, i) if ext[i:i + 1] == b'"' else _span(ext, i, TCHAR)
+            if j <= i:
+                return False                      # no value, or a broken quoted-string
+            i = _span(ext, j, b" \t")
+        if i == n:
+            return True
+        if ext[i] != 59:                          # ";"
+            return False
+        i += 1
+
+
+def _span(data, i, allowed):
+    """The index of the first byte from data[i] on that is not in allowed."""
+    while i < len(data) and data[i] in allowed:
+        i += 1
+    return i
+
+
+def _quoted_end(data, i):
+    """Where the quoted-string that starts at data[i] ends (after its
+    closing quote), or -1 if it is broken (RFC 9110 5.6.4)."""
+    i += 1
+    while i < len(data):
+        c = data[i]
+        if c == 34:                               # the closing quote
+            return i + 1
+        if c == 92:                               # a quoted-pair
+            if i + 1 == len(data) or data[i + 1] not in VCHAR_OBS:
+                return -1
+            i += 2
+        elif c in VCHAR_OBS:                      # qdtext
+            i += 1
+        else:
+            return -1
+    return -1
 
 
 def parse_cgi_head(head):
@@ -871,14 +935,26 @@ class Connection:
 
     def read_head(self):
         """The next request head, or None if the client closed or idled out
-        before sending a byte of it.  Raises HttpError (408, 414, 431)."""
+        before sending a byte of it (empty lines count for nothing).  Raises
+        HttpError (408, 414, 431).
+
+        One deadline, --header-timeout from the connection's start (first
+        request) or from the request's first byte, an empty line included,
+        bounds the whole head; the wait for that first byte of a later
+        request is --keepalive-timeout."""
         settings = self.settings
         first = self.requests == 0
         buf = self.buf.lstrip(b"\r\n")
-        wait = settings.header_timeout if first else settings.keepalive_timeout
+        deadline = None
         blank = 0                 # empty lines before a request are ignored
         while not buf:
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+            else:                 # the connection has just opened, or is idle
+                wait = settings.header_timeout if first else settings.keepalive_timeout
             try:
+                if wait <= 0:
+                    raise TimeoutError
                 data = self.recv(wait)
             except TimeoutError:
                 return None
@@ -888,7 +964,8 @@ class Connection:
             blank += len(data) - len(buf)
             if blank > settings.max_line:
                 raise HttpError(400, "too many empty lines", close=True)
-        deadline = None
+            if deadline is None and not buf:      # empty lines: the clock runs
+                deadline = self.head_deadline(first)
         searched = 0
         while True:
             found = find_head_end(buf, searched)
@@ -900,8 +977,7 @@ class Connection:
                     raise HttpError(414, "request line too long", close=True)
                 raise HttpError(431, "header section too large", close=True)
             if deadline is None:
-                started = self.opened if first else time.monotonic()
-                deadline = started + settings.header_timeout
+                deadline = self.head_deadline(first)
             left = deadline - time.monotonic()
             try:
                 if left <= 0:
@@ -914,6 +990,11 @@ class Connection:
                 raise ClientGone("EOF inside a request head")
             searched = max(len(buf) - 2, 0)
             buf = buf + data
+
+    def head_deadline(self, first):
+        """When the head now arriving must be complete (--header-timeout)."""
+        started = self.opened if first else time.monotonic()
+        return started + self.settings.header_timeout
 
     def body_timeout(self):
         """Seconds the next body read may wait: --timeout of silence, and on
@@ -983,6 +1064,10 @@ class Connection:
             line = self.read_crlf_line(self.settings.max_line)
             if not line:
                 break
+            name, colon, value = line.partition(b":")
+            if (not colon or not name or name.translate(None, TCHAR)
+                    or value.translate(None, VCHAR_OBS)):
+                raise HttpError(400, "malformed trailer field", close=True)
             trailer += len(line)
             if trailer > self.settings.max_header_size:
                 raise HttpError(431, "trailer section too large", close=True)
@@ -1089,11 +1174,12 @@ def _timeval(seconds):
 # 4. Static files: resolution, conditionals, ranges, sendfile, listings
 # =========================================================================
 
-def resolve(settings, segments):
+def resolve(settings, segments, as_file=True):
     """(path, stat) of the file the segments name under the root.
 
-    lstat()s each component, so a symbolic link anywhere is noticed; one
-    that leads outside the root is refused unless --follow-symlinks."""
+    lstat()s each component, so a symbolic link anywhere is noticed; then
+    where it leads is checked (check_real).  as_file: the file is to be
+    served as such, not run as a CGI program."""
     path = settings.root_real
     st = None
     linked = False
@@ -1116,12 +1202,28 @@ def resolve(settings, segments):
         if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
             raise HttpError(404) from None
         raise
-    if linked and not settings.follow_symlinks:
-        real = os.path.realpath(path)
-        root = settings.root_real
-        if real != root and not real.startswith(root.rstrip("/") + "/"):
-            raise HttpError(403, "symbolic link leaves the root")
+    if linked:
+        check_real(settings, os.path.realpath(path), as_file)
     return path, st
+
+
+def check_real(settings, real, as_file):
+    """Refuse what a path that went through a symbolic link really names: a
+    place outside the root (403, unless --follow-symlinks); and for a file
+    to be served (as_file), a dotfile (404) or anything in a CGI folder
+    (403).  The URL passed these checks; the real path, relative to the
+    real root, must pass them too (Rule 3)."""
+    base = settings.root_real.rstrip("/") + "/"
+    rel = real[len(base):] if real.startswith(base) else None
+    if rel is None and real != settings.root_real and not settings.follow_symlinks:
+        raise HttpError(403, "symbolic link leaves the root")
+    if not (as_file and rel):
+        return
+    parts = rel.split("/")
+    if is_hidden(parts):
+        raise HttpError(404)
+    if settings.cgi_globs and in_cgi_folder(settings.cgi_globs, parts):
+        raise HttpError(403, "symbolic link to a CGI program")
 
 
 _O_DIRECTORY_PATH = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
@@ -1180,7 +1282,7 @@ def serve_static(conn, request, segments, trailing):
     if not S_ISREG(st.st_mode):
         raise HttpError(403, "not a regular file")
     if request.method == "OPTIONS":
-        return send_simple(conn, 204, ("Allow: " + STATIC_ALLOW,), b"")
+        return send_simple(conn, 204, ("Allow: " + STATIC_ALLOW,), None)
     if request.method not in ("GET", "HEAD"):
         raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
     conn.discard_body(request)
@@ -1280,8 +1382,10 @@ def send_multipart(conn, request, fields, fd, ctype, size, ranges):
 
 
 def send_listing(conn, request, path, segments):
-    """An HTML index of a directory (only with --listing); names escaped,
-    dotfiles hidden."""
+    """An HTML index of a directory (only with --listing); names escaped
+    (bytes that are not UTF-8 shown as U+FFFD), dotfiles hidden."""
+    if request.method == "OPTIONS":
+        return send_simple(conn, 204, ("Allow: " + STATIC_ALLOW,), None)
     if request.method not in ("GET", "HEAD"):
         raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
     conn.discard_body(request)
@@ -1289,7 +1393,8 @@ def send_listing(conn, request, path, segments):
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except PermissionError:
         raise HttpError(403) from None
-    title = html_escape("/" + "".join(s + "/" for s in segments))
+    title = os.fsencode("/" + "".join(s + "/" for s in segments))
+    title = html_escape(title.decode("utf-8", "replace"))
     rows = ['<li><a href="../">../</a></li>'] if segments else []
     for entry in entries:
         if entry.name.startswith("."):
@@ -1366,7 +1471,7 @@ def find_script(settings, segments):
         if not any(glob_match(tokens, prefix) for tokens in settings.cgi_globs):
             continue
         matched = True
-        path, st = resolve(settings, segments[:i])
+        path, st = resolve(settings, segments[:i], as_file=False)
         if S_ISDIR(st.st_mode):
             continue
         if not S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
@@ -1374,7 +1479,7 @@ def find_script(settings, segments):
         info = "".join("/" + s for s in segments[i:])
         return Script(path, prefix, info)
     if matched:
-        resolve(settings, segments)
+        resolve(settings, segments, as_file=False)
         raise HttpError(403, "no CGI program here")
     return None
 
@@ -1411,20 +1516,28 @@ def cgi_environ(conn, request, script, length):
     if script.path_info:
         env["PATH_INFO"] = script.path_info
         env["PATH_TRANSLATED"] = settings.root_real + script.path_info
-    if length is not None:
-        env["CONTENT_LENGTH"] = str(length)
     headers = request.headers
-    if "content-type" in headers:
-        env["CONTENT_TYPE"] = headers["content-type"]
+    if length is not None:     # RFC 3875 4.1.3: a type only for a body
+        env["CONTENT_LENGTH"] = str(length)
+        if "content-type" in headers:
+            env["CONTENT_TYPE"] = env_text(headers["content-type"])
     if "authorization" in headers:
-        env["AUTH_TYPE"] = headers["authorization"].partition(" ")[0]
+        env["AUTH_TYPE"] = env_text(headers["authorization"].partition(" ")[0])
     for name, value in headers.items():
         if name in ("proxy", "content-type", "content-length", "transfer-encoding"):
             continue
         if "_" in name:        # "Foo_Bar" would pose as "Foo-Bar": drop it
             continue
-        env["HTTP_" + name.upper().replace("-", "_")] = value
+        env["HTTP_" + name.upper().replace("-", "_")] = (
+            value if value.isascii() else env_text(value))
     return env
+
+
+def env_text(value):
+    """A field value (one character per byte, as parse_head decoded it) as
+    the str that posix_spawn encodes back to the same bytes: it encodes with
+    the file-system encoding and surrogateescape, so decode with them."""
+    return value if value.isascii() else os.fsdecode(value.encode("latin-1"))
 
 
 def spawn_script(script, env, stdin_fd, stderr_fd):
@@ -1751,7 +1864,8 @@ def run_cgi(conn, request, script, depth):
         raise HttpError(502, "malformed local redirect")
     headers = {k: v for k, v in request.headers.items()
                if k not in ("content-length", "transfer-encoding", "content-type", "expect")}
-    internal = Request("GET", location, request.version, headers, request.line)
+    method = "HEAD" if request.method == "HEAD" else "GET"     # RFC 9110 9.3.2
+    internal = Request(method, location, request.version, headers, request.line)
     internal.host = request.host
     dispatch(conn, internal, depth + 1)
 
@@ -2103,8 +2217,10 @@ def bind(address):
     """A listening socket for --listen HOST:PORT, [V6]:PORT or PORT."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]") if sep else "0.0.0.0"
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise UsageError("--listen %r: not HOST:PORT" % address)
+    if len(port.lstrip("0")) > 5 or int(port) > 65535:
+        raise UsageError("--listen %r: port not in 0-65535" % address)
     family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
     sock = _socket.socket(family, _socket.SOCK_STREAM)
     sock.setsockopt(SOL_SOCKET, _socket.SO_REUSEADDR, 1)

@@ -68,6 +68,28 @@ def test_httpoxy_and_underscore_headers(serve):
     assert env["HTTP_X_REAL"] == "1"
 
 
+def test_field_bytes_reach_the_program_unchanged(serve):
+    """A field value's bytes above 0x7F arrive as they were sent (not
+    re-encoded as UTF-8), in HTTP_* as in CONTENT_TYPE."""
+    r = serve().get("/cgi-bin/env.sh", method="POST", body=b"x",
+                    headers=[("X-Lat", "caf\xe9 \xff"), ("Content-Type", "text/x; n=\xe9")])
+    assert r.status == 200
+    lines = r.body.split(b"\n")
+    assert b"HTTP_X_LAT=caf\xe9 \xff" in lines
+    assert b"CONTENT_TYPE=text/x; n=\xe9" in lines
+
+
+def test_content_type_only_with_a_body(serve):
+    """RFC 3875 4.1.3: CONTENT_TYPE (like CONTENT_LENGTH) only with a body."""
+    h = serve()
+    env = env_of(h.get("/cgi-bin/env.sh", headers=[("Content-Type", "text/plain")]))
+    assert "CONTENT_TYPE" not in env and "HTTP_CONTENT_TYPE" not in env
+    assert "CONTENT_LENGTH" not in env
+    env = env_of(h.get("/cgi-bin/env.sh", method="POST", body=b"abc",
+                       headers=[("Content-Type", "text/plain")]))
+    assert (env["CONTENT_TYPE"], env["CONTENT_LENGTH"]) == ("text/plain", "3")
+
+
 def test_launcher_address_variables(handler, site):
     """REMOTE_ADDR from the launcher's environment (tcpserver's TCPREMOTEIP too)."""
     h = handler(["--root", site], env={"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEPORT": "4242",
@@ -180,6 +202,16 @@ def test_local_redirect_is_served_internally(serve):
     r = serve().get("/cgi-bin/local.sh")
     assert r.status == 200 and r.body == ALPHA
     assert r.header("location") is None
+
+
+def test_local_redirect_keeps_head(serve):
+    """HEAD stays HEAD through a local redirect (RFC 9110 9.3.2): the fields
+    of the file, no body; the next answer on the connection is intact."""
+    h = serve()
+    r = h.get("/cgi-bin/local.sh", method="HEAD")
+    assert r.status == 200 and r.header("content-length") == "26"
+    assert h.get("/sub/file.txt").body == b"in sub\n"
+    assert h.get("/cgi-bin/local.sh").body == ALPHA
 
 
 def test_local_redirect_loop_ends(serve):

@@ -350,6 +350,9 @@ def test_accepts_gzip(field, accepted):
 @pytest.mark.parametrize("line, size", [
     (b"0", 0), (b"1a", 26), (b"1A", 26), (b"ff;name=value", 255), (b"10 ;ext", 16),
     (b"00000000005", 5),
+    # chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )
+    (b"5;a", 5), (b"5 ; a = b", 5), (b"5;a;b=c", 5), (b'5;a=""', 5),
+    (b'5;a="q;=\\" x"', 5), (b'5\t;\ta\t=\t"caf\xe9"', 5), (b"5;a=b ;c", 5),
 ])
 def test_chunk_size(line, size):
     assert httpd.parse_chunk_size(line) == size
@@ -357,6 +360,8 @@ def test_chunk_size(line, size):
 
 @pytest.mark.parametrize("line", [
     b"", b" 5", b"0x5", b"-1", b"+5", b"5 5", b"g", b"1_0", b"f" * 16, b"5;\x00",
+    b"5;", b"5;;", b'5;;;="', b"5;=x", b"5;a=", b"5;a=b;", b'5;a="open', b"5;a b",
+    b"5;a=b c", b'5;a="x"y', b'5;a="\x01"', b'5;a="\\\x00"', b"5;a=\xe9", b"5;a/b",
 ])
 def test_chunk_size_refused(line):
     assert status_of(httpd.parse_chunk_size, line) == 400

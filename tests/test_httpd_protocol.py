@@ -133,6 +133,45 @@ def test_dribbled_head_gets_408(serve):
     assert r.status == 408
 
 
+def dribble_blank_lines(h, stop, then=b""):
+    """From a thread: an empty line every 0.2 s for 8 s, then `then`; stops
+    early when told to or when the connection is gone."""
+    def run():
+        for _ in range(40):
+            if stop.wait(0.2):
+                return
+            try:
+                h.sock.sendall(b"\r\n")
+            except OSError:
+                return
+        try:
+            h.sock.sendall(then)
+        except OSError:
+            pass
+    sender = threading.Thread(target=run, daemon=True)
+    sender.start()
+    return sender
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_blank_lines_do_not_stretch_the_header_timeout(serve, first):
+    """Empty lines before a request are ignored, but within --header-timeout
+    (1 s) from the start of the connection, or of the request on a
+    keep-alive connection: a request sent after 8 s of them is never
+    answered, and the connection is closed without an answer."""
+    h = serve("--header-timeout", "1", "--keepalive-timeout", "30")
+    if not first:
+        assert h.get("/alpha.txt").body == ALPHA
+    stop = threading.Event()
+    sender = dribble_blank_lines(h, stop, then=request("/alpha.txt"))
+    try:
+        assert h.at_eof()
+    finally:
+        stop.set()
+        sender.join(TIMEOUT)
+    assert h.exit_status() == 0
+
+
 def test_slow_body_gets_408(serve):
     h = serve("--timeout", "0.5")
     h.send(request("/alpha.txt", headers=[("Content-Length", "100")]) + b"only some")
@@ -229,6 +268,9 @@ BAD_CHUNKS = [
     b"fffffffffffffffff\r\n",                      # absurd size
     b" 5\r\nabcde\r\n0\r\n\r\n",                   # leading space
     b"5;a\x00b\r\nabcde\r\n0\r\n\r\n",             # NUL in an extension
+    b'5;;;="\r\nabcde\r\n0\r\n\r\n',                  # not a chunk-ext (RFC 9112 7.1.1)
+    b'5;a="open\r\nabcde\r\n0\r\n\r\n',              # an unterminated quoted-string
+    b"5\r\nabcde\r\n0\r\nno colon here\r\n\r\n",      # a trailer line that is no field
 ]
 
 

@@ -81,6 +81,25 @@ def test_options(serve):
     assert r.status == 204 and "POST" in r.header("allow")
 
 
+def test_options_answer_has_no_content_length(serve):
+    """RFC 9110 8.6: no Content-Length in a 204, for a file as for *."""
+    h = serve()
+    for path in ("/alpha.txt", "/sub/", "*"):
+        r = h.get(path, method="OPTIONS")
+        assert r.status == 204, path
+        assert r.header("content-length") is None, path
+    assert h.get("/alpha.txt").body == ALPHA          # nothing stray after the 204s
+
+
+def test_options_on_a_listed_directory(serve):
+    """A directory listed with --listing answers OPTIONS as a file does."""
+    h = serve("--listing")
+    r = h.get("/nodir/", method="OPTIONS")
+    assert (r.status, r.header("allow")) == (204, "GET, HEAD, OPTIONS")
+    assert r.header("content-length") is None
+    assert h.get("/nodir/", method="POST").status == 405
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT"])
 def test_other_methods_on_files_are_405(serve, method):
     path = "example.com:443" if method == "CONNECT" else "/alpha.txt"
@@ -252,6 +271,20 @@ def test_directory_without_index(serve, site):
     assert 'href="../"' in page
 
 
+def test_listing_of_a_directory_with_a_name_that_is_not_utf8(serve, site):
+    """A title made of undecodable bytes is shown with U+FFFD, as entry names are."""
+    os.mkdir(os.fsencode(site / "nodir") + b"/\xff")
+    (site / "nodir" / os.fsdecode(b"\xff") / "in.txt").write_text("x")
+    h = serve("--listing")
+    r = h.get("/nodir/%FF/")
+    assert r.status == 200, r
+    page = r.body.decode("utf-8")
+    assert "<title>Index of /nodir/\ufffd/</title>" in page
+    assert 'href="in.txt"' in page
+    assert 'href="%FF/"' in h.get("/nodir/").body.decode("utf-8")
+    assert "UnicodeEncodeError" not in h.log.text()
+
+
 def test_file_with_trailing_slash_is_404(serve):
     assert get(serve, "/alpha.txt/").status == 404
 
@@ -295,6 +328,33 @@ def test_deep_hostile_path_is_refused_quickly(serve):
     h = serve("--cgi", "**.cgi")
     assert h.get("/a" * 4000).status == 404
     assert h.get("/a" * 4000 + ".cgi").status == 404
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_links_inside_the_root_lead_to_nothing_hidden(serve, site, follow):
+    """What is hidden, and a CGI program's source, is judged by where a
+    symbolic link leads, not by the URL: a link to a dotfile is 404, one
+    into a CGI folder is 403, with or without --follow-symlinks."""
+    (site / ".private").mkdir()
+    (site / ".private" / "s.txt").write_text("dot secret\n")
+    (site / "alias").symlink_to("cgi-bin")
+    (site / "pub").symlink_to(".private/s.txt")
+    (site / "pubdir").symlink_to(".private")
+    (site / "git").symlink_to(".git")
+    (site / "envlink.txt").symlink_to("cgi-bin/env.sh")
+    (site / "well").symlink_to(".well-known")
+    h = serve(*(["--follow-symlinks"] if follow else []))
+    for path, status in [("/pub", 404), ("/pubdir/s.txt", 404), ("/git/config", 404),
+                         ("/alias/env.sh", 403), ("/alias/noexec.sh", 403),
+                         ("/alias/sub/inner.sh", 403), ("/envlink.txt", 403),
+                         ("/alias/env.sh/x", 404)]:
+        r = h.get(path)
+        assert r.status == status, path
+        assert b"secret" not in r.body and b"printf" not in r.body, path
+    assert h.get("/well/thing.txt").body == b"well known\n"
+    assert h.get("/link-in.txt").body == ALPHA
+    assert b"GATEWAY_INTERFACE=CGI/1.1" in h.get("/cgi-bin/env.sh").body     # still runs
+    assert h.get("/alias/env.sh", method="HEAD").status == 403
 
 
 def test_follow_symlinks(serve):
@@ -366,6 +426,17 @@ def test_usage_errors(tmp_path):
     result = subprocess.run([sys.executable, str(HANDLER), "--help"],
                             capture_output=True, timeout=TIMEOUT)
     assert result.returncode == 0 and b"--cgi-timeout" in result.stdout
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:65536", "[::1]:99999999999999999999",
+                                     "127.0.0.1:\u0661", "127.0.0.1:" + "9" * 5000])
+def test_listen_port_out_of_range_is_a_usage_error(tmp_path, address):
+    result = subprocess.run([sys.executable, str(HANDLER), "--listen", address,
+                             "--root", tmp_path],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 64, result.stderr
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("superd-httpd: --listen "), lines
 
 
 def test_fresh_site_builder(tmp_path):

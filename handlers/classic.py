@@ -33,9 +33,10 @@ Promises:
   - A client that goes away (EPIPE, ECONNRESET) ends its connection quietly;
     chargen stops then.  echo honours a half-close: it echoes everything the
     client sent before its shutdown, then shuts down its own side and closes.
-  - Datagrams are never answered to port 0 nor to the ports of the classic
-    services themselves (LOOP_PORTS), so two of them cannot be made to talk
-    to each other for ever (the loop inetd's check_loop guards against).
+  - Datagrams are never answered to port 0, nor to the ports of the classic
+    services (LOOP_PORTS), nor to a port this program itself serves on: a
+    forged datagram cannot make two of them, or one with itself, talk for
+    ever (the loop inetd's check_loop guards against).
   - Diagnostics go to fd 2 only when fd 2 is not one of the served sockets
     (under inetd, xinetd and systemd StandardInput=socket fd 2 is the client).
   - Start-up imports only what the chosen socket and service need.
@@ -54,10 +55,12 @@ IDLE_EXIT = 10.0         # default --idle-exit, seconds; 0 = never exit
 DGRAM_CHARGEN_MAX = 512  # RFC 864: a UDP answer holds 0..512 characters
 TIME_EPOCH = 2208988800  # RFC 868: seconds from 1900-01-01 to 1970-01-01 UTC
 MAX_SECONDS = 1e9        # longer --idle-exit or --timeout values mean this (31 years)
+MAX_POLL_MS = 86400000   # one poll(2) sleeps at most a day: it takes an int of ms
+VERSION = "0.1.0"
 SHUT_WR = 1              # socket.SHUT_WR everywhere; spares Stdio the socket module
 
-USAGE = ("usage: classic.py {echo|discard|chargen|daytime|time}"
-         " [--idle-exit SECONDS] [--timeout SECONDS]\n")
+OPTIONS = " [--idle-exit SECONDS] [--timeout SECONDS]"
+USAGE = "usage: classic.py {echo|discard|chargen|daytime|time}" + OPTIONS + "\n"
 
 EX_USAGE, EX_OSERR = 64, 71
 
@@ -308,8 +311,9 @@ def serve_connection(conn, service, timeout):
         conn.close()
 
 
-def serve_datagram(sock, service):
-    """Read one datagram (if one is there) and answer it; never raises OSError."""
+def serve_datagram(sock, service, own_ports=()):
+    """Read one datagram (if one is there) and answer it; never raises OSError.
+    own_ports: the ports this program serves on, never answered either."""
     try:
         data, peer = sock.recvfrom(65536)
     except (BlockingIOError, InterruptedError, ConnectionRefusedError):
@@ -318,7 +322,7 @@ def serve_datagram(sock, service):
         note("error service=%s op=recvfrom errno=%s" % (service, errno_name(exc)))
         return
     answer = BUILTINS[service][2](data)
-    if answer is None or not answerable(peer):
+    if answer is None or not answerable(peer, own_ports):
         return
     try:
         sock.sendto(answer, peer)
@@ -326,11 +330,12 @@ def serve_datagram(sock, service):
         pass                          # a lost answer is a lost datagram, as UDP allows
 
 
-def answerable(peer):
-    """Whether a datagram from peer may be answered: not from port 0 nor from a
-    classic service's port (LOOP_PORTS), nor from an unbound UNIX socket."""
+def answerable(peer, own_ports=()):
+    """Whether a datagram from peer may be answered: not from port 0, a
+    classic service's port (LOOP_PORTS) or one of own_ports, nor from an
+    unbound UNIX socket."""
     if isinstance(peer, tuple):
-        return peer[1] != 0 and peer[1] not in LOOP_PORTS
+        return peer[1] != 0 and peer[1] not in LOOP_PORTS and peer[1] not in own_ports
     return bool(peer)
 
 
@@ -390,6 +395,7 @@ def serve_wait(socks, service, idle_exit, timeout):
     socket = socket_module()
     listeners = {s.fileno(): s for s in socks if s.type != socket.SOCK_DGRAM}
     dgrams = {s.fileno(): s for s in socks if s.type == socket.SOCK_DGRAM}
+    own_ports = frozenset(port_of(s) for s in dgrams.values())
     clients = Clients(service, timeout) if listeners else None
     poller = select.poll()
     for fd in dgrams:
@@ -414,7 +420,7 @@ def serve_wait(socks, service, idle_exit, timeout):
             left = idle_exit - (time.monotonic() - last)
             if left <= 0:
                 return 0
-            wait = int(left * 1000) + 1
+            wait = min(int(left * 1000) + 1, MAX_POLL_MS)
         for fd, events in poller.poll(wait):
             last = time.monotonic()
             if clients and fd == clients.wake_r:
@@ -423,7 +429,7 @@ def serve_wait(socks, service, idle_exit, timeout):
             elif fd in dgrams:
                 if events & select.POLLERR:   # an ICMP error: read it, or poll spins
                     dgrams[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                serve_datagram(dgrams[fd], service)
+                serve_datagram(dgrams[fd], service, own_ports)
             elif fd in watched:
                 result = accept_one(listeners[fd], clients, service)
                 if result == "pause":
@@ -450,6 +456,12 @@ def accept_one(listener, clients, service):
     clients.start(socket_module().socket(listener.family, listener.type, listener.proto,
                                          fileno=fd))
     return "ok"
+
+
+def port_of(sock):
+    """The port a socket is bound to (None for a UNIX socket)."""
+    name = sock.getsockname()
+    return name[1] if isinstance(name, tuple) else None
 
 
 def socket_module():
@@ -487,19 +499,26 @@ def run(fds, service, idle_exit, timeout):
     return serve_wait(socks, service, idle_exit, timeout)
 
 
-def main(argv=None):
-    """classic.py SERVICE [--idle-exit SECONDS] [--timeout SECONDS]; returns the exit status."""
+def main(argv=None, prog=None):
+    """classic.py SERVICE [--idle-exit SECONDS] [--timeout SECONDS]; returns the exit status.
+
+    prog: the name of a console script that names the service itself
+    (superd-echo: argv then starts with "echo"), for its usage line."""
     global _stderr_ok
     argv = sys.argv[1:] if argv is None else list(argv)
+    usage = "usage: %s%s\n" % (prog, OPTIONS) if prog else USAGE
     fds = find_sockets()
     _stderr_ok = stderr_is_free(fds)
     if "-h" in argv or "--help" in argv:
-        os.write(1, USAGE.encode())
+        os.write(1, usage.encode())
+        return 0
+    if "--version" in argv:
+        os.write(1, ("%s %s\n" % (prog or "classic.py", VERSION)).encode())
         return 0
     try:
         service, idle_exit, timeout = parse_args(argv)
     except ValueError as exc:
-        note("%s\n%s" % (exc, USAGE.rstrip("\n")))
+        note("%s\n%s" % (exc, usage.rstrip("\n")))
         return EX_USAGE
     try:
         return run(fds, service, idle_exit, timeout)
@@ -511,23 +530,23 @@ def main(argv=None):
 
 
 def echo_main():
-    return main(["echo"] + sys.argv[1:])
+    return main(["echo"] + sys.argv[1:], prog="superd-echo")
 
 
 def discard_main():
-    return main(["discard"] + sys.argv[1:])
+    return main(["discard"] + sys.argv[1:], prog="superd-discard")
 
 
 def chargen_main():
-    return main(["chargen"] + sys.argv[1:])
+    return main(["chargen"] + sys.argv[1:], prog="superd-chargen")
 
 
 def daytime_main():
-    return main(["daytime"] + sys.argv[1:])
+    return main(["daytime"] + sys.argv[1:], prog="superd-daytime")
 
 
 def time_main():
-    return main(["time"] + sys.argv[1:])
+    return main(["time"] + sys.argv[1:], prog="superd-time")
 
 
 if __name__ == "__main__":

@@ -366,3 +366,14 @@ def test_one_connection_imports_nothing_heavy(procs, tmp_path, service):
     theirs.close()
     assert "_socket" in modules
     assert not modules & HEAVY, modules & HEAVY
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_console_script_names_itself_in_help_and_version(service):
+    script = os.path.join(os.path.dirname(sys.executable), "superd-" + service)
+    help_ = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert help_.returncode == 0
+    assert help_.stdout == f"usage: superd-{service} [--idle-exit SECONDS] [--timeout SECONDS]\n"
+    version = subprocess.run([script, "--version"], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert version.returncode == 0 and version.stdout.startswith(f"superd-{service} ")

@@ -14,7 +14,7 @@ import pytest
 from test_classic_support import (FD3_ONLY, FD3_TOO, TIMEOUT, ask, check_chargen,
                                   check_daytime, check_time, connect, echo_roundtrip, errfile,
                                   handler, procs, readable, recv_exact, tcp_listener,
-                                  trampoline, udp_socket, CHARGEN)
+                                  load_classic, trampoline, udp_socket, CHARGEN)
 
 __all__ = ["errfile", "procs"]   # fixtures, imported for pytest
 
@@ -235,3 +235,44 @@ def test_tcp_wait_leaks_no_descriptors(procs, errfile):
             readable(client, 0.1)                  # a bounded wait between looks
         assert psutil.Process(proc.pid).num_fds() == before
     assert errfile.text() == ""
+
+
+def forged_udp(src_port, dst, payload):
+    """Send one UDP datagram to dst from 127.0.0.1:src_port, a port another
+    socket holds (a raw socket writes the UDP header itself; root only)."""
+    import struct
+    header = struct.pack("!HHHH", src_port, dst[1], 8 + len(payload), 0)  # no checksum: IPv4 allows it
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+        raw.sendto(header + payload, (dst[0], 0))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="forging a source port needs a raw socket")
+@pytest.mark.parametrize("service", ["echo", "chargen"])
+def test_a_datagram_from_its_own_port_is_not_answered(procs, errfile, service):
+    """Otherwise one forged datagram makes the handler answer itself for ever
+    (and it never goes idle)."""
+    sock = udp_socket()
+    proc = procs.start(handler(service, "--idle-exit", "0.5"), stdin=sock,
+                       stderr=errfile.file, env=UTC)
+    forged_udp(sock.getsockname()[1], sock.getsockname(), b"loop")
+    assert ask(sock.getsockname(), b"ping")        # it still answers others
+    finished(proc, errfile)                         # and goes idle: no loop
+
+
+@pytest.mark.parametrize("peer, own, answer", [
+    (("127.0.0.1", 8007), {8007}, False),
+    (("127.0.0.1", 8007), {8019}, True),
+    (("::1", 8019, 0, 0), {8007, 8019}, False),
+])
+def test_datagrams_are_not_answered_to_the_handlers_own_ports(peer, own, answer):
+    assert load_classic().answerable(peer, own) is answer
+
+
+def test_an_idle_exit_longer_than_poll_can_sleep_is_waited_in_steps(procs, errfile):
+    """poll(2) takes an int of milliseconds (~24.8 days at most)."""
+    sock = udp_socket()
+    proc = procs.start(handler("echo", "--idle-exit", "3000000"), stdin=sock,
+                       stderr=errfile.file)
+    assert ask(sock.getsockname(), b"still here") == b"still here"
+    assert ask(sock.getsockname(), b"and here") == b"and here"
+    assert proc.poll() is None and errfile.text() == ""

@@ -311,11 +311,17 @@ def serve_connection(conn, service, timeout):
         conn.close()
 
 
-def serve_datagram(sock, service, own_ports=()):
+def serve_datagram(sock, service, own_ports=(), pktinfo=False):
     """Read one datagram (if one is there) and answer it; never raises OSError.
-    own_ports: the ports this program serves on, never answered either."""
+    own_ports: the ports this program serves on, never answered either;
+    pktinfo: the answer leaves from the address the datagram was sent to
+    (see reply_from_destination)."""
+    ancillary = ()
     try:
-        data, peer = sock.recvfrom(65536)
+        if pktinfo:
+            data, ancillary, _, peer = sock.recvmsg(65536, 64)
+        else:
+            data, peer = sock.recvfrom(65536)
     except (BlockingIOError, InterruptedError, ConnectionRefusedError):
         return                        # not ours after all, or an old ICMP error
     except OSError as exc:
@@ -324,10 +330,58 @@ def serve_datagram(sock, service, own_ports=()):
     answer = BUILTINS[service][2](data)
     if answer is None or not answerable(peer, own_ports):
         return
+    source = reply_source(ancillary) if ancillary else None
     try:
+        if source:
+            try:
+                sock.sendmsg([answer], source, 0, peer)
+                return
+            except OSError:
+                pass                  # that address is gone, say: answer as routed
         sock.sendto(answer, peer)
     except OSError:
         pass                          # a lost answer is a lost datagram, as UDP allows
+
+
+# (level, option) that asks for each datagram's destination, by family
+# (Linux: IP_PKTINFO is 8, missing from Python's constants); the control
+# message then comes as (level, type) IP_PKTINFO or IPV6_PKTINFO.
+PKTINFO_ASK = {2: (0, 8), 10: (41, 49)}          # AF_INET, AF_INET6 -> IPV6_RECVPKTINFO
+IP_PKTINFO, IPV6_PKTINFO = (0, 8), (41, 50)
+
+
+def reply_source(ancillary):
+    """The control message that makes an answer leave from the address its
+    datagram was sent to, or None: for a multicast or broadcast destination
+    the routed address answers.  A datagram queued before the option was
+    set carries only its destination (struct in_pktinfo's ipi_addr)."""
+    for level, kind, data in ancillary:
+        if (level, kind) == IP_PKTINFO and len(data) >= 12:
+            local = data[4:8] if data[4:8] != bytes(4) else data[8:12]   # spec_dst, else addr
+            if local == bytes(4) or local[0] >= 224:
+                return None
+            return [(level, kind, bytes(4) + local + bytes(4))]
+        if (level, kind) == IPV6_PKTINFO and len(data) >= 20:
+            if data[0] == 0xff or data[:16] == bytes(16):
+                return None
+            return [(level, kind, data[:20])]
+    return None
+
+
+def reply_from_destination(sock):
+    """On a datagram socket bound to every address (0.0.0.0 or ::), ask the
+    kernel for each datagram's destination, so that its answer leaves from
+    that address: on a host with several, a client that sent to one of them
+    (and connect()ed its socket there) takes an answer from nowhere else.
+    True when that is on; sendto() from the routed address otherwise."""
+    ask = PKTINFO_ASK.get(sock.family) if sys.platform.startswith("linux") else None
+    if ask is None or sock.getsockname()[0] not in ("0.0.0.0", "::"):
+        return False
+    try:
+        sock.setsockopt(ask[0], ask[1], 1)
+    except OSError:
+        return False
+    return True
 
 
 def answerable(peer, own_ports=()):
@@ -396,6 +450,7 @@ def serve_wait(socks, service, idle_exit, timeout):
     listeners = {s.fileno(): s for s in socks if s.type != socket.SOCK_DGRAM}
     dgrams = {s.fileno(): s for s in socks if s.type == socket.SOCK_DGRAM}
     own_ports = frozenset(port_of(s) for s in dgrams.values())
+    pktinfo = {fd: reply_from_destination(s) for fd, s in dgrams.items()}
     clients = Clients(service, timeout) if listeners else None
     poller = select.poll()
     for fd in dgrams:
@@ -429,7 +484,7 @@ def serve_wait(socks, service, idle_exit, timeout):
             elif fd in dgrams:
                 if events & select.POLLERR:   # an ICMP error: read it, or poll spins
                     dgrams[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                serve_datagram(dgrams[fd], service, own_ports)
+                serve_datagram(dgrams[fd], service, own_ports, pktinfo[fd])
             elif fd in watched:
                 result = accept_one(listeners[fd], clients, service)
                 if result == "pause":

@@ -276,3 +276,25 @@ def test_an_idle_exit_longer_than_poll_can_sleep_is_waited_in_steps(procs, errfi
     assert ask(sock.getsockname(), b"still here") == b"still here"
     assert ask(sock.getsockname(), b"and here") == b"and here"
     assert proc.poll() is None and errfile.text() == ""
+
+
+@pytest.mark.parametrize("family, wildcard", [(socket.AF_INET, "0.0.0.0"),
+                                              (socket.AF_INET6, "::")])
+def test_a_wildcard_udp_socket_answers_from_the_address_asked(procs, errfile, family, wildcard):
+    """A connected client takes answers only from the address it sent to; on a
+    host with several (127.0.0.2 here) the routed source would be another."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # dual stack, as superd binds
+    sock.bind((wildcard, 0))
+    port = sock.getsockname()[1]
+    proc = procs.start(handler("echo", "--idle-exit", "0.5"), stdin=sock, stderr=errfile.file)
+    targets = [("127.0.0.2", port)] + ([("::1", port)] if family == socket.AF_INET6 else [])
+    for target in targets:
+        kind = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        with socket.socket(kind, socket.SOCK_DGRAM) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(target)
+            client.send(b"from %s" % target[0].encode())
+            assert client.recv(2048) == b"from %s" % target[0].encode()
+    finished(proc, errfile)

@@ -39,6 +39,17 @@ def ask(address, line=b"hello\n"):
         return json.loads(read_all(sock))
 
 
+def warm_and_cold(superd, handler):
+    """A daemon running handler twice: preloaded (warm) and exec'd (cold)."""
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+  cold: {{listen: "127.0.0.1:0", server: {handler}}}
+""")
+    d.log.wait_for(r"^preload-ready service=warm")
+    return d
+
+
 def start_preloaded(superd, body, extra=""):
     d = superd(body)
     d.log.wait_for(r"^preload-ready service=")
@@ -123,12 +134,7 @@ sys.exit(3)
 
 def test_the_exit_waits_for_threads_and_runs_atexit_as_for_exec(superd, tmp_path):
     handler = python_handler(tmp_path, "atexit.py", AT_EXIT)
-    d = superd(f"""
-services:
-  warm: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
-  cold: {{listen: "127.0.0.1:0", server: {handler}}}
-""")
-    d.log.wait_for(r"^preload-ready service=warm")
+    d = warm_and_cold(superd, handler)
     for name in ("warm", "cold"):
         with connect(d.address(name)) as sock:
             assert read_all(sock) == b"main done\nthread done\natexit ran\n", name
@@ -483,12 +489,7 @@ os.write(1, repr(sorted(fields.items())).encode())
 
 def test_signal_dispositions_are_those_of_an_execd_handler(superd, tmp_path):
     probe = python_handler(tmp_path, "sig.py", SIGNAL_PROBE)
-    d = superd(f"""
-services:
-  warm: {{listen: "127.0.0.1:0", server: {probe}, preload: true}}
-  cold: {{listen: "127.0.0.1:0", server: {probe}}}
-""")
-    d.log.wait_for(r"^preload-ready service=warm")
+    d = warm_and_cold(superd, probe)
     with connect(d.address("cold")) as sock:
         cold = read_all(sock)
     with connect(d.address("warm")) as sock:

@@ -90,6 +90,7 @@ class Lifecycle:
         self._install(config, recipes)
         self.warm.configure(config.enabled)
         for state in self.states.values():
+            self._start_ready(state)     # a larger `instances` has room for them now
             self._sync(state)
         if self.load_timer is not None:
             self.load_timer.cancel()

@@ -190,10 +190,13 @@ class Guard:
         if reason:
             return reason, None
         key = source_key(ip, self.v6_prefix)
+        # per_source first: a refused attempt must not use up the rate's budget
+        if self.concurrency is not None and not self.concurrency.admit(key):
+            return "per_source", None
         if self.source_rate is not None and not self.source_rate.admit(key, now):
+            if self.concurrency is not None:
+                self.concurrency.release(key)
             return "per_source_rate", None
         if self.concurrency is not None:
-            if not self.concurrency.admit(key):
-                return "per_source", None
             return None, lambda: self.concurrency.release(key)
         return None, None

@@ -31,7 +31,7 @@ MIN_PENDING = 64          # per service; at least `instances`
 
 
 class Pending:
-    __slots__ = ("sock", "state", "listener", "peer", "timer", "got")
+    __slots__ = ("sock", "state", "listener", "peer", "timer", "got", "protocol", "timeout")
 
     def __init__(self, sock, state, listener, peer):
         self.sock = sock
@@ -40,6 +40,9 @@ class Pending:
         self.peer = peer
         self.timer = None
         self.got = b""                   # the start of the header, already read
+        # the settings it was accepted under: a reload meanwhile does not change them
+        self.protocol = state.service.proxy_protocol
+        self.timeout = state.service.proxy_timeout
 
 
 class ProxyReader:
@@ -59,7 +62,7 @@ class ProxyReader:
             _, oldest = queue.popitem(last=False)
             self._drop(oldest, "proxy_evicted", "too many connections waiting for a header")
         queue[fd] = entry
-        entry.timer = self.timers.at(time.monotonic() + state.service.proxy_timeout,
+        entry.timer = self.timers.at(time.monotonic() + entry.timeout,
                                      partial(self._expired, entry))
         self.selector.register(fd, selectors.EVENT_READ, partial(self._readable, entry))
         self._readable(entry)            # on loopback the header is often there already
@@ -78,7 +81,7 @@ class ProxyReader:
             return self._finish(entry, "proxy_closed", "closed before a complete header")
         seen = entry.got + data
         try:
-            header = proxy.parse(seen, entry.state.service.proxy_protocol)
+            header = proxy.parse(seen, entry.protocol)
         except proxy.ProxyError as err:
             return self._finish(entry, "proxy_malformed", str(err))
         if header is None:
@@ -101,7 +104,7 @@ class ProxyReader:
     def _expired(self, entry):
         if entry.sock.fileno() >= 0:
             self._finish(entry, "proxy_timeout",
-                         f"no complete header within {entry.state.service.proxy_timeout:g} s")
+                         f"no complete header within {entry.timeout:g} s")
 
     def _finish(self, entry, reason, detail):
         self._forget(entry)

@@ -278,7 +278,7 @@ class Supervisor(Lifecycle, Starts):
             reason, release = state.guard.admit(limits.client_ip(peer[0]), time.monotonic())
             if reason:
                 return self._refuse(state, fd, peer, reason)
-        if state.running >= service.instances:      # only after a PROXY header
+        if state.running >= service.instances or state.holds:   # only after a PROXY header
             state.ready.append((listener, fd, peer, local, release))
             return
         self._dispatch(state, listener, fd, peer, local, release)
@@ -320,8 +320,9 @@ class Supervisor(Lifecycle, Starts):
                       detail=detail)
 
     def _start_ready(self, state):
-        """Start PROXY connections that waited for a free slot."""
-        while state.ready and state.running < state.service.instances:
+        """Start PROXY connections that waited for a free slot, or for a pause
+        (rate, load, looping) to end: they were accepted already."""
+        while state.ready and not state.holds and state.running < state.service.instances:
             self._dispatch(state, *state.ready.popleft())
 
     # -- pausing whole services ------------------------------------------------
@@ -343,6 +344,7 @@ class Supervisor(Lifecycle, Starts):
             timer.cancel()
         self.log.info("service-resumed", service=state.name, reason=reason)
         if self.states.get(state.name) is state:
+            self._start_ready(state)
             self._sync(state)
 
     def _note_failure(self, state, now):

@@ -137,21 +137,25 @@ class Daemon:
         return self.log.lines[mark:]
 
     def wait_running(self, service, count, timeout=TIMEOUT):
-        """Ask for status (USR1) until `service` reports `count` running handlers.
+        """Ask for status (USR1) until `service` reports `count` running handlers."""
+        return self.wait_status(service, "running", count, timeout)
+
+    def wait_status(self, service, field, count, timeout=TIMEOUT):
+        """Ask for status (USR1) until `service` reports `field`=`count`.
 
         A connect returns before superd has accepted, so one status line may
         still show the old count; each round waits for a fresh line.
         """
         deadline = time.monotonic() + timeout
-        rx = rf"^status service={re.escape(service)} .*running=(\d+)"
+        rx = rf"^status service={re.escape(service)} .*\b{field}=(\d+)"
         while True:
             mark = len(self.log.lines)
             self.send(signal.SIGUSR1)
             line = self.log.wait_for(rx, timeout=max(0.1, deadline - time.monotonic()), start=mark)
-            if int(re.search(r"running=(\d+)", line).group(1)) == count:
+            if int(re.search(rf"\b{field}=(\d+)", line).group(1)) == count:
                 return line
             if time.monotonic() > deadline:
-                raise AssertionError(f"{service} never had {count} running; last: {line}")
+                raise AssertionError(f"{service} never had {field}={count}; last: {line}")
 
     def stop(self, sig=signal.SIGTERM, timeout=TIMEOUT):
         self.send(sig)

@@ -329,3 +329,24 @@ services:
         assert second is None, "per_source 1, yet a second handler for 127.0.0.2 runs"
     finally:
         first.close()
+
+
+def test_a_per_source_refusal_does_not_use_up_the_per_source_rate(superd, tmp_path):
+    """Refused attempts do not count: only the two that started do."""
+    env = env_handler(tmp_path)
+    d = superd(f"""
+services:
+  svc: {{listen: "127.0.0.1:0", server: {env}, per_source: 1, per_source_rate: {{limit: 2, per: 600}}}}
+""")
+    address = d.address("svc")
+    first = hold(address, "127.0.0.2")
+    assert first is not None
+    for _ in range(3):
+        assert talk(address, b"no", "127.0.0.2") is None
+    d.log.wait_count(refused_line("svc", "127.0.0.2", "per_source"), 3)
+    finish(first)
+    d.wait_running("svc", 0)
+    assert talk(address, b"second", "127.0.0.2")[1] == b"second"
+    d.wait_running("svc", 0)                   # reaped: per_source has room again
+    assert talk(address, b"third", "127.0.0.2") is None
+    d.log.wait_for(refused_line("svc", "127.0.0.2", "per_source_rate"))

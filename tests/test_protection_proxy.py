@@ -9,12 +9,13 @@ than the client's socket timeout wherever a test claims "refused at once".
 """
 
 import signal
+from pathlib import Path
 
 import pytest
 
 from test_protection_support import (V2_SIGNATURE, answer_of, cpu_seconds, env_handler,
-                                     finish, hold, open_from, proxy_v1, proxy_v2,
-                                     read_until_eof, send_in_pieces, talk)
+                                     finish, hold, line_index, open_from, proxy_v1, proxy_v2,
+                                     read_head, read_until_eof, send_in_pieces, talk)
 
 TRUSTED = "127.0.0.0/8"
 
@@ -314,3 +315,65 @@ services:
     d.log.wait_for(r"^refused service=p client=127\.0\.0\.2:\d+ reason=proxy_from$")
     assert talk(("::1", port), b"lb", before=header) is None
     d.log.wait_for(r"^refused service=p client=\[::1\]:\d+ reason=proxy_from$")
+
+
+def proxied_service(superd, tmp_path, **extra):
+    """A daemon with one PROXY v1 service, p, trusted from loopback."""
+    more = "".join(f", {k}: {v}" for k, v in extra.items())
+    return superd(f"""
+services:
+  p: {{listen: "127.0.0.1:0", server: {env_handler(tmp_path)}, proxy_protocol: v1, proxy_from: [{TRUSTED}], proxy_timeout: 30{more}}}
+""")
+
+
+def accepted_silent(d, count):
+    """count connections to p that superd has accepted, their headers not sent."""
+    socks = [open_from(d.address("p")) for _ in range(count)]
+    d.wait_status("p", "accepted", count)
+    return socks
+
+
+def test_proxied_connections_wait_out_a_rate_pause(superd, tmp_path):
+    """Accepted before the pause, their headers after: they wait in superd as
+    the backlog's clients do, and start no faster than `rate` allows."""
+    d = proxied_service(superd, tmp_path, rate="{limit: 2, per: 600, pause: 1}")
+    socks = accepted_silent(d, 4)
+    for n, sock in enumerate(socks):
+        sock.sendall(proxy_v1(f"192.0.2.{n + 1}", "192.0.2.200", 1000, 80) + b"x")
+        sock.shutdown(1)
+    for sock in socks:
+        with sock:
+            assert answer_of(sock)[1] == b"x"
+    d.log.wait_count(r"^exit service=p ", 4)
+    resumed = line_index(d.log, r"^service-resumed service=p reason=rate$")
+    early = [n for n in range(4) if line_index(d.log, rf"^exit service=p client=192\.0\.2\.{n + 1}:") < resumed]
+    assert len(early) == 2, d.log.text()
+
+
+def test_proxied_connections_waiting_for_a_slot_start_when_a_reload_adds_some(superd, tmp_path):
+    d = proxied_service(superd, tmp_path, instances=1)
+    first, *waiting = accepted_silent(d, 3)     # accepted while there was room
+    try:
+        first.sendall(proxy_v1("192.0.2.1", "192.0.2.200", 1000, 80))
+        assert read_head(first)["REMOTE_ADDR"] == "192.0.2.1"
+        for n, sock in enumerate(waiting, 2):    # checked, then wait inside superd
+            sock.sendall(proxy_v1(f"192.0.2.{n}", "192.0.2.200", 1000, 80))
+        d.reload(Path(d.config_path).read_text().replace("instances: 1", "instances: 3"))
+        for sock in waiting:                     # served while the first still runs
+            with sock:
+                assert read_head(sock)["REMOTE_ADDR"].startswith("192.0.2.")
+    finally:
+        first.close()
+
+
+def test_a_header_is_read_by_the_settings_its_connection_was_accepted_under(superd, tmp_path):
+    d = proxied_service(superd, tmp_path)
+    header = proxy_v1("192.0.2.7", "192.0.2.200", 1000, 80)
+    with accepted_silent(d, 1)[0] as sock:
+        sock.sendall(header[:10])
+        d.reload(Path(d.config_path).read_text().replace(", proxy_protocol: v1", "")
+                 .replace(", proxy_from: [127.0.0.0/8], proxy_timeout: 30", ""))
+        sock.sendall(header[10:] + b"payload")
+        sock.shutdown(1)
+        env, payload = answer_of(sock)
+    assert env["REMOTE_ADDR"] == "192.0.2.7" and payload == b"payload"

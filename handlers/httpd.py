@@ -22,7 +22,9 @@ Rules this file keeps (the tests check each one):
             silent close (ClientGone).
     Rule 2: every wait on the peer or on a CGI program has a deadline: the
             header timeout, the keep-alive timeout, the I/O timeout with a
-            minimum body rate, the CGI timeout.  Nothing blocks forever.
+            minimum body rate, the CGI timeout.  Nothing blocks forever,
+            unless an option set to 0 asks for no limit; any duration an
+            option accepts works (poll() is given at most MAX_WAIT at once).
     Rule 3: every file served comes from under --root, after percent-decoding
             once and normalising; dotfiles are never served; a symbolic link
             may only lead outside the root with --follow-symlinks, and never
@@ -66,11 +68,21 @@ EX_USAGE, EX_OSERR, EX_CONFIG = 64, 71, 78      # sysexits.h
 # 1. Settings: one table, one converter per kind of value
 # =========================================================================
 
+NO_LIMIT = float("inf")
+MAX_WAIT = 86400.0          # seconds: the longest single poll(), far below its 2**31 ms
+
+
 def _seconds(text):
     value = float(text)
     if not 0 <= value < 1e9:
         raise ValueError(f"not a number of seconds: {text!r}")
     return value
+
+
+def _limit(text):
+    """Seconds, 0 meaning no limit: held as infinity, so that a deadline
+    needs no special case (it is never reached)."""
+    return _seconds(text) or NO_LIMIT
 
 
 def _count(text):
@@ -100,8 +112,8 @@ OPTIONS = (
     ("--cgi", "cgi", _text, None,
      "PATTERN: URL paths that name CGI programs (repeatable; default /cgi-bin/*)"),
     ("--no-cgi", "no_cgi", None, False, "run no CGI programs at all"),
-    ("--cgi-timeout", "cgi_timeout", _seconds, 60.0,
-     "SECONDS: kill a CGI program (and its process group) after this long"),
+    ("--cgi-timeout", "cgi_timeout", _limit, 60.0,
+     "SECONDS: kill a CGI program (and its process group) after this long (0: no limit)"),
     ("--listing", "listing", None, False,
      "list a directory that has no index.html (otherwise 403)"),
     ("--follow-symlinks", "follow_symlinks", None, False,
@@ -109,7 +121,7 @@ OPTIONS = (
     ("--quiet", "quiet", None, False, "write no access log"),
     ("--log", "log", _text, None,
      "FILE: append the access log and diagnostics to FILE instead of stderr"),
-    ("--idle-exit", "idle_exit", _seconds, 0.0,
+    ("--idle-exit", "idle_exit", _limit, NO_LIMIT,
      "SECONDS: accepting for itself, exit after this long without a client (0: never)"),
     ("--workers", "workers", _count, None,
      "N: accepting for itself, in N processes, each with its threads "
@@ -118,10 +130,10 @@ OPTIONS = (
      "N: accepting for itself, serve at most N clients at once (per worker)"),
     ("--keepalive-timeout", "keepalive_timeout", _seconds, 5.0,
      "SECONDS: close an idle persistent connection after this long (0: no keep-alive)"),
-    ("--header-timeout", "header_timeout", _seconds, 10.0,
-     "SECONDS: a request line and its headers must arrive within this long (408)"),
-    ("--timeout", "timeout", _seconds, 30.0,
-     "SECONDS: give up on a client that neither sends nor receives for this long"),
+    ("--header-timeout", "header_timeout", _limit, 10.0,
+     "SECONDS: a request line and its headers must arrive within this long (408; 0: no limit)"),
+    ("--timeout", "timeout", _limit, 30.0,
+     "SECONDS: give up on a client that neither sends nor receives for this long (0: no limit)"),
     ("--max-body", "max_body", _size, 16 << 20,
      "SIZE: largest request body accepted (413); K, M, G suffixes"),
     ("--max-line", "max_line", _size, 8192,
@@ -192,7 +204,8 @@ def usage():
     for flag, _attr, kind, default, text in OPTIONS:
         meta, _, text = text.partition(": ") if kind is not None else ("", "", text)
         shown = f"{flag} {meta}" if meta else flag
-        extra = f" (default {default})" if kind not in (None, _text) and default else ""
+        shown_default = kind not in (None, _text) and default and default != NO_LIMIT
+        extra = f" (default {default})" if shown_default else ""
         lines.append(f"  {shown:<28} {text}{extra}")
     return "\n".join(lines) + "\n"
 
@@ -1164,7 +1177,10 @@ def _drop(data):
 
 
 def _timeval(seconds):
-    """A struct timeval; 0 would mean "never", so the least is 1 microsecond."""
+    """A struct timeval for SO_RCVTIMEO or SO_SNDTIMEO: NO_LIMIT is 0, which
+    means "never"; so any other wait is at least 1 microsecond."""
+    if seconds == NO_LIMIT:
+        return pack(_TIMEVAL, 0, 0)
     sec = int(seconds)
     usec = max(int((seconds - sec) * 1e6), 0 if sec else 1)
     return pack(_TIMEVAL, sec, usec)
@@ -1651,7 +1667,7 @@ class CgiRun:
             self.timed_out()
         if self.hold_until is not None:
             left = min(left, self.hold_until - now)
-        events = poller.poll(max(int(left * 1000) + 1, 0))
+        events = poller.poll(poll_ms(left))
         for fd, event in events:
             if fd == self.stdout:
                 self.read_output()
@@ -1812,7 +1828,7 @@ class CgiRun:
         pid = self.pid
         done, status = os.waitpid(pid, os.WNOHANG)
         if not done:
-            if not wait_for_exit(pid, self.deadline - time.monotonic()):
+            if not wait_for_exit(pid, self.deadline):
                 self.conn.log.diag("cgi %s: pid %d still running; killed"
                                    % (self.script.name, pid))
                 self.kill()
@@ -1826,16 +1842,29 @@ class CgiRun:
                                % (self.script.name, pid, -code))
 
 
-def wait_for_exit(pid, timeout):
-    """Whether pid exits within timeout s (a pidfd; without one, we wait)."""
+def wait_for_exit(pid, deadline):
+    """Whether pid exits before the monotonic deadline (a pidfd; without
+    one, we wait)."""
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         return True
     try:
-        return bool(select.select([pidfd], [], [], max(timeout, 0))[0])
+        while True:
+            left = deadline - time.monotonic()
+            if select.select([pidfd], [], [], min(max(left, 0), MAX_WAIT))[0]:
+                return True
+            if left <= MAX_WAIT:
+                return False
     finally:
         os.close(pidfd)
+
+
+def poll_ms(seconds):
+    """poll()'s timeout in milliseconds for a wait of seconds, rounded up;
+    at most MAX_WAIT (a longer wait is cut short: the caller re-checks its
+    deadline and waits again)."""
+    return max(int(min(seconds, MAX_WAIT) * 1000) + 1, 0)
 
 
 def run_cgi(conn, request, script, depth):
@@ -1981,7 +2010,7 @@ def _clf_time(cache=[0, ""]):
 class Log:
     """Where the access log (Combined Log Format) and diagnostics go: --log
     FILE, else stderr, but never the client: under inetd and xinetd fd 2 may
-    be the connection itself, and then nothing is written."""
+    be the connection itself, and then nothing is written (fd None)."""
 
     def __init__(self, fd, quiet):
         self.fd = fd
@@ -1989,11 +2018,11 @@ class Log:
         self.devnull = None
 
     @classmethod
-    def open(cls, settings):
+    def open(cls, settings, stderr):
+        """The log for settings; stderr is the Log of fd 2 (see main)."""
+        fd = stderr.fd
         if settings.log:
             fd = os.open(settings.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        else:
-            fd = 2 if stderr_is_private() else None
         return cls(fd, settings.quiet)
 
     def write(self, text):
@@ -2027,27 +2056,44 @@ class Log:
 
 
 def stderr_is_private():
-    """Whether fd 2 is open and is not the client socket on fd 0."""
+    """Whether fd 2 is open and is not a client's socket.  Under inetd,
+    xinetd and systemd StandardInput=socket (or StandardError=socket) it is
+    the socket on fd 0 or among LISTEN_FDS: the same device and inode.  Any
+    other fd 2, a terminal that fd 0 shares included, is private.  Ask
+    before find_sockets(), which takes LISTEN_FDS away."""
     try:
         err = os.fstat(2)
     except OSError:
         return False
-    try:
-        zero = os.fstat(0)
-    except OSError:
+    if not S_ISSOCK(err.st_mode):
         return True
-    return (err.st_dev, err.st_ino) != (zero.st_dev, zero.st_ino)
+    for fd in (0, *(listen_fds() or ())):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
+            return False
+    return True
 
 
 # =========================================================================
 # 7. Launch: find the socket, serve one client or accept for ourselves
 # =========================================================================
 
+def listen_fds():
+    """The fds LISTEN_FDS names for our pid (sd_listen_fds), or None."""
+    env = os.environ
+    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
+        return range(3, 3 + int(env["LISTEN_FDS"]))
+    return None
+
+
 def find_sockets():
     """The sockets a launcher passed: LISTEN_FDS for our pid, else fd 0."""
     env = os.environ
-    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
-        fds = range(3, 3 + int(env["LISTEN_FDS"]))
+    fds = listen_fds()
+    if fds is not None:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             env.pop(name, None)
         for fd in fds:
@@ -2072,25 +2118,42 @@ def endpoint(address):
 
 
 def serve_one(sock, settings, log):
-    """Per connection: the launcher accepted; serve this client, then return."""
+    """Per connection: the launcher accepted; serve this client, then return.
+
+    The two ends come from the socket (getpeername, getsockname), except
+    where a launcher that may know better named them: superd (REMOTE_ADDR,
+    REMOTE_PORT beside SUPERD_SERVICE: the original client of a PROXY
+    protocol connection) and tcpserver or superd (TCPREMOTEIP,
+    TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT beside PROTO=TCP).  Variables
+    merely left in the environment of a launcher that sets none of them
+    (inetd, xinetd, systemd) name no one."""
     env = os.environ
-    host = env.get("REMOTE_ADDR") or env.get("TCPREMOTEIP")
-    port = env.get("REMOTE_PORT") or env.get("TCPREMOTEPORT")
-    if not host or not (port or "").isdigit():
-        try:
-            host, port = endpoint(sock.getpeername())
-        except OSError:
-            host, port = host or "-", 0
-    local = env.get("TCPLOCALIP")
-    local_port = env.get("TCPLOCALPORT")
-    if not local or not (local_port or "").isdigit():
-        try:
-            local, local_port = endpoint(sock.getsockname())
-        except OSError:
-            local, local_port = "-", 0
-    conn = Connection(sock, unmap(host), int(port), unmap(local), int(local_port),
-                      settings, log)
-    serve_connection(conn)
+    tcp = env.get("PROTO") == "TCP"
+    client = local = None
+    if "SUPERD_SERVICE" in env:
+        client = named_end(env, "REMOTE_ADDR", "REMOTE_PORT")
+    if tcp:
+        client = client or named_end(env, "TCPREMOTEIP", "TCPREMOTEPORT")
+        local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
+    client = client or socket_end(sock.getpeername)
+    local = local or socket_end(sock.getsockname)
+    serve_connection(Connection(sock, *client, *local, settings, log))
+
+
+def named_end(env, host, port):
+    """(host, port) from two environment variables, or None."""
+    host, port = env.get(host), env.get(port, "")
+    if host and port.isascii() and port.isdigit():
+        return unmap(host), int(port)
+    return None
+
+
+def socket_end(name):
+    """(host, port) by getpeername or getsockname; ("-", 0) if it fails."""
+    try:
+        return endpoint(name())
+    except OSError:
+        return "-", 0
 
 
 class Acceptor:
@@ -2136,14 +2199,14 @@ class Acceptor:
         with self.state:
             while self.active >= settings.max_connections:
                 self.state.wait()
-            if not settings.idle_exit:
+            if settings.idle_exit == NO_LIMIT:
                 return -1
             left = settings.idle_exit
             if self.active == 0:
                 left = self.last + settings.idle_exit - time.monotonic()
                 if left <= 0:
                     return None
-            return int(left * 1000) + 1
+            return poll_ms(left)
 
     def accept(self, listener):
         try:
@@ -2240,10 +2303,11 @@ def prepare(argv):
 def main(argv=None):
     """Run superd-httpd; returns the exit status (sysexits)."""
     args = tuple(sys.argv[1:] if argv is None else argv)
+    stderr = Log(2 if stderr_is_private() else None, True)     # never the client
     try:
         settings = PREPARED.get(args) or prepare(args)
     except UsageError as exc:
-        sys.stderr.write("superd-httpd: %s (try --help)\n" % exc)
+        stderr.write("superd-httpd: %s (try --help)\n" % exc)
         return EX_USAGE
     if settings.help:
         sys.stdout.write(usage())
@@ -2253,14 +2317,14 @@ def main(argv=None):
         return 0
     settings.root_real = real_directory(settings.root)   # every time: a link may move
     if not os.path.isdir(settings.root_real):
-        sys.stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
+        stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
         return EX_CONFIG
     if settings.workers is None:
         settings.workers = min(len(os.sched_getaffinity(0)), 4)
     try:
-        log = Log.open(settings)
+        log = Log.open(settings, stderr)
     except OSError as exc:
-        sys.stderr.write("superd-httpd: --log %s: %s\n" % (settings.log, exc.strerror))
+        stderr.write("superd-httpd: --log %s: %s\n" % (settings.log, exc.strerror))
         return EX_OSERR
     try:
         if settings.listen:
@@ -2270,14 +2334,14 @@ def main(argv=None):
         else:
             sockets = find_sockets()
     except UsageError as exc:
-        sys.stderr.write("superd-httpd: %s\n" % exc)
+        log.write("superd-httpd: %s\n" % exc)
         return EX_USAGE
     except OSError as exc:
-        sys.stderr.write("superd-httpd: %s\n" % exc)
+        log.write("superd-httpd: %s\n" % exc)
         return EX_OSERR
     if not sockets:
-        sys.stderr.write("superd-httpd: no socket on fd 0 and no LISTEN_FDS; start me from "
-                         "superd, inetd, xinetd, systemd or tcpserver, or use --listen\n")
+        log.write("superd-httpd: no socket on fd 0 and no LISTEN_FDS; start me from "
+                  "superd, inetd, xinetd, systemd or tcpserver, or use --listen\n")
         return EX_USAGE
     try:
         if sockets[0].getsockopt(SOL_SOCKET, _socket.SO_ACCEPTCONN):

@@ -91,14 +91,37 @@ def test_content_type_only_with_a_body(serve):
 
 
 def test_launcher_address_variables(handler, site):
-    """REMOTE_ADDR from the launcher's environment (tcpserver's TCPREMOTEIP too)."""
-    h = handler(["--root", site], env={"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEPORT": "4242",
+    """The addresses a launcher names: tcpserver's TCPREMOTEIP and TCPLOCALIP
+    (with PROTO=TCP), superd's REMOTE_ADDR (with SUPERD_SERVICE), which may
+    name a PROXY-protocol client that getpeername cannot know."""
+    h = handler(["--root", site], env={"PROTO": "TCP",
+                                       "TCPREMOTEIP": "192.0.2.7", "TCPREMOTEPORT": "4242",
                                        "TCPLOCALIP": "192.0.2.1", "TCPLOCALPORT": "80"})
     env = env_of(h.get("/cgi-bin/env.sh", host="www.example:80"))
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.7", "4242")
     assert (env["SERVER_ADDR"], env["SERVER_PORT"], env["SERVER_NAME"]) == ("192.0.2.1", "80", "www.example")
-    h = handler(["--root", site], env={"REMOTE_ADDR": "::ffff:198.51.100.2", "REMOTE_PORT": "1"})
-    assert env_of(h.get("/cgi-bin/env.sh"))["REMOTE_ADDR"] == "198.51.100.2"
+    h = handler(["--root", site], env={"SUPERD_SERVICE": "http", "PROTO": "TCP",
+                                       "REMOTE_ADDR": "::ffff:198.51.100.2", "REMOTE_PORT": "1",
+                                       "TCPREMOTEIP": "192.0.2.9", "TCPREMOTEPORT": "9"})
+    env = env_of(h.get("/cgi-bin/env.sh"))
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("198.51.100.2", "1")
+
+
+@pytest.mark.parametrize("stray", [
+    {"REMOTE_ADDR": "10.9.9.9", "REMOTE_PORT": "1234"},
+    {"REMOTE_ADDR": "10.9.9.9", "REMOTE_PORT": "1234", "PROTO": "TCP"},
+    {"TCPREMOTEIP": "10.9.9.9", "TCPREMOTEPORT": "1234", "TCPLOCALIP": "10.9.9.8",
+     "TCPLOCALPORT": "80", "SUPERD_SERVICE": "http"},
+], ids=["remote", "remote-with-proto", "tcp-without-proto"])
+def test_stray_address_variables_are_ignored(handler, site, stray):
+    """Variables that a launcher did not set (REMOTE_ADDR without
+    SUPERD_SERVICE, TCPREMOTEIP without PROTO=TCP) name no one: the socket
+    does (here a socketpair: unix:), in the environment and in the log."""
+    h = handler(["--root", site], env=stray)
+    env = env_of(h.get("/cgi-bin/env.sh"))
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("unix:", "0")
+    assert (env["SERVER_ADDR"], env["SERVER_PORT"]) == ("unix:", "0")
+    assert h.log.wait_for(r'^(\S+) - - .*"GET /cgi-bin/env.sh ').group(1) == "unix:"
 
 
 def test_http10_protocol_variable(serve):
@@ -343,6 +366,16 @@ def test_cgi_timeout_after_the_head_cuts_the_answer(serve):
     assert not data.endswith(b"0\r\n\r\n")          # no last chunk: visibly incomplete
     for pid in m.groups():
         assert pid_exits(int(pid)), pid
+
+
+@pytest.mark.parametrize("seconds", ["0", "3000000"])
+def test_cgi_timeout_of_no_limit_or_beyond_24_days(serve, seconds):
+    """--cgi-timeout 0 is no limit (it once killed every program at once,
+    504); past 2**31 ms (about 24.8 days) it once overflowed poll(): 500."""
+    h = serve("--cgi-timeout", seconds)
+    assert env_of(h.get("/cgi-bin/env.sh"))["GATEWAY_INTERFACE"] == "CGI/1.1"
+    assert h.get("/cgi-bin/count.sh", method="POST", body=b"abcd").body == b"4"
+    assert "Traceback" not in h.log.text()
 
 
 @pytest.mark.parametrize("how", ["close", "half-close"])

@@ -13,6 +13,8 @@ and the real port is read from its socket table (psutil) once it has logged
 import http.client
 import os
 import pwd
+import re
+import select
 import shutil
 import signal
 import socket
@@ -192,6 +194,54 @@ def test_listening_socket_on_stdin(procs, site):
     listener.close()
 
 
+def test_idle_exit_beyond_24_days(procs, site):
+    """--idle-exit past 2**31 ms (about 24.8 days) once overflowed poll() as
+    soon as the handler started: every client was refused."""
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc = procs(handler_argv(site, "--idle-exit", "3000000", "--workers", "1"),
+                 stdin=listener, stdout=listener, stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    listener.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    assert http_get(port, "/alpha.txt", conn)[1] == ALPHA      # kept alive: one active
+    assert http_get(port, "/sub/file.txt")[1] == b"in sub\n"   # a second client meanwhile
+    assert http_get(port, "/alpha.txt", conn)[1] == ALPHA
+    conn.close()
+    assert proc.poll() is None and "Traceback" not in log.text()
+
+
+def test_zero_timeout_lets_a_slow_reader_finish(procs, site):
+    """--timeout 0 is no limit.  It once meant the least timeout the kernel
+    keeps (a jiffy): a download stopped, logged 200, as soon as the client's
+    buffers stayed full that long.  Here they stay full while the server
+    times out a second, silent client (--header-timeout 0.1)."""
+    size = 20 << 20
+    with open(site / "sparse.bin", "wb") as f:
+        f.truncate(size)
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    proc = procs(handler_argv(site, "--timeout", "0", "--header-timeout", "0.1", "--workers", "1"),
+                 stdin=listener, stdout=listener, stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    listener.close()
+    slow = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    slow.sendall(request("/sparse.bin"))     # 20 MiB: more than the buffers hold
+    silent = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    assert silent.recv(1) == b""             # 0.1 s later, by the server's clock
+    silent.close()
+    reader = Reader(slow)
+    head = reader._until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: %d" % size in head
+    received = len(reader.buf)
+    while received < size:
+        data = slow.recv(1 << 20)
+        assert data, "the answer ended after %d bytes" % received
+        received += len(data)
+    slow.close()
+    log.wait_for(r'"GET /sparse.bin HTTP/1.1" 200 %d ' % size)
+
+
 def worker_processes(pid):
     return [c for c in psutil.Process(pid).children() if str(HANDLER) in c.cmdline()]
 
@@ -234,6 +284,64 @@ def test_listen_option(procs, site):
     assert log.wait_closed() and "Traceback" not in log.text()
 
 
+# -- start-up errors: inetd and xinetd put the client on fds 0, 1 and 2 ----------
+
+@pytest.mark.parametrize("args, status", [
+    (["--bogus"], 64),
+    (["--root", "{tmp}/missing"], 78),
+    (["--root", "{site}", "--log", "{tmp}/missing/access.log"], 71),
+    (["--root", "{site}", "--listen", "127.0.0.1:{busy}"], 71),
+    (["--root", "{site}", "--listen", "127.0.0.1:65536"], 64),
+], ids=["usage", "root", "log", "listen-busy", "listen-bad"])
+def test_start_up_errors_never_reach_the_client(procs, site, tmp_path, args, status):
+    """With the client's socket on fds 0, 1 and 2 (inetd, xinetd, systemd
+    StandardInput=socket), a start-up error is not written to fd 2: the
+    client reads nothing but the end, and the exit status says what failed."""
+    busy = listening_socket()
+    args = [a.format(tmp=tmp_path, site=site, busy=busy.getsockname()[1]) for a in args]
+    ours, theirs = socket.socketpair()
+    ours.settimeout(TIMEOUT)
+    proc = procs([sys.executable, HANDLER, *args], stdin=theirs, stdout=theirs, stderr=theirs)
+    theirs.close()
+    assert ours.recv(65536) == b""
+    assert proc.wait(TIMEOUT) == status
+    ours.close()
+    busy.close()
+
+
+def read_terminal(master, until):
+    """What a terminal shows, up to the regex until or until no one has it open."""
+    output = b""
+    while not re.search(until, output):
+        assert select.select([master], [], [], TIMEOUT)[0], output
+        try:
+            data = os.read(master, 4096)
+        except OSError:                      # EIO: no one has the terminal open
+            break
+        if not data:
+            break
+        output += data
+    return output
+
+
+@pytest.mark.parametrize("args, says, status", [
+    (["--root", "{tmp}/missing"], rb"superd-httpd: --root \S+: not a directory", 78),
+    (["--root", "{site}", "--listen", "127.0.0.1:0"], rb"listening on 127\.0\.0\.1:\d+", None),
+], ids=["root", "listen"])
+def test_diagnostics_reach_a_terminal(procs, site, tmp_path, args, says, status):
+    """A terminal on fds 0 and 2 (a shell) is no client: errors and the log show."""
+    args = [a.format(tmp=tmp_path, site=site) for a in args]
+    master, slave = os.openpty()
+    proc = procs([sys.executable, HANDLER, *args], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        assert re.search(says, read_terminal(master, says))
+    finally:
+        os.close(master)
+    if status is not None:
+        assert proc.wait(TIMEOUT) == status
+
+
 # -- tcpserver ------------------------------------------------------------------
 
 def test_tcpserver(procs, site):
@@ -244,6 +352,47 @@ def test_tcpserver(procs, site):
     check_site(port)
     env = cgi_env(port)
     assert env["SERVER_ADDR"] == "127.0.0.1"
+    log.wait_for(r'^127\.0\.0\.1 - - .*"GET /cgi-bin/env.sh HTTP/1.1" 200')
+
+
+STRAY = {"REMOTE_ADDR": "10.9.9.9", "REMOTE_PORT": "1234", "TCPREMOTEIP": "10.8.8.8",
+         "TCPREMOTEPORT": "4321", "TCPLOCALIP": "10.7.7.7", "TCPLOCALPORT": "99"}
+
+
+def test_tcpserver_addresses_beat_a_stray_environment(procs, site):
+    """REMOTE_ADDR and REMOTE_PORT left in tcpserver's own environment (no
+    SUPERD_SERVICE beside them) are not the client: TCPREMOTEIP is, which
+    tcpserver sets with PROTO=TCP."""
+    env = dict(os.environ, REMOTE_ADDR="10.9.9.9", REMOTE_PORT="1234")
+    proc = procs([need("tcpserver"), "-1", "-R", "-H", "-l", "0", "127.0.0.1", "0",
+                  *handler_argv(site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    log = Lines(proc.stderr)
+    port = int(proc.stdout.readline())
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    env = cgi_env(port, conn)
+    client = conn.sock.getsockname()
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (client[0], str(client[1]))
+    conn.close()
+    log.wait_for(r'^127\.0\.0\.1 - - .*"GET /cgi-bin/env.sh HTTP/1.1" 200')
+    assert "10.9.9.9" not in log.text()
+
+
+def test_socket_addresses_beat_a_stray_environment(procs, site):
+    """Under systemd-socket-activate --inetd, which sets none of them (-E
+    passes them on as if left behind), the address variables are ignored:
+    getpeername and getsockname name the ends."""
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    stray = ["-E%s=%s" % item for item in dict(STRAY, PROTO="UNIX").items()]
+    proc, log = socket_activate(procs, listener, ["--accept", "--inetd", *stray],
+                                handler_argv(site))
+    listener.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    env = cgi_env(port, conn)
+    client = conn.sock.getsockname()
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (client[0], str(client[1]))
+    assert (env["SERVER_ADDR"], env["SERVER_PORT"]) == ("127.0.0.1", str(port))
+    conn.close()
     log.wait_for(r'^127\.0\.0\.1 - - .*"GET /cgi-bin/env.sh HTTP/1.1" 200')
 
 

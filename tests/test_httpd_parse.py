@@ -434,7 +434,35 @@ def test_html_escape():
 def test_options_defaults():
     s = httpd.parse_options([])
     assert s.root == "." and s.cgi == ("/cgi-bin/*",) and s.listing is False
-    assert s.keepalive_timeout == 5.0 and s.max_body == 16 << 20 and s.idle_exit == 0.0
+    assert s.keepalive_timeout == 5.0 and s.max_body == 16 << 20
+    assert s.idle_exit == httpd.NO_LIMIT
+
+
+@pytest.mark.parametrize("option, attr", [
+    ("--timeout", "timeout"), ("--header-timeout", "header_timeout"),
+    ("--cgi-timeout", "cgi_timeout"), ("--idle-exit", "idle_exit"),
+])
+def test_zero_duration_is_no_limit(option, attr):
+    """0 means no limit for every duration but --keepalive-timeout, where it
+    means no keep-alive (0 once meant a microsecond for --timeout)."""
+    assert getattr(httpd.parse_options([option, "0"]), attr) == httpd.NO_LIMIT
+    assert getattr(httpd.parse_options([option, "0.25"]), attr) == 0.25
+    assert httpd.parse_options(["--keepalive-timeout", "0"]).keepalive_timeout == 0.0
+
+
+@pytest.mark.parametrize("seconds, ms", [
+    (0.0, 1), (0.0004, 1), (0.5, 501), (-3.0, 0), (2.0 ** 31 / 1000, 86400001),
+    (3e6, 86400001), (float("inf"), 86400001),
+])
+def test_poll_waits_stay_below_the_limit_of_poll(seconds, ms):
+    """poll() refuses more than 2**31-1 ms: a longer wait is cut at MAX_WAIT."""
+    assert httpd.poll_ms(seconds) == ms
+
+
+def test_timeval_of_no_limit_is_zero():
+    assert httpd._timeval(httpd.NO_LIMIT) == httpd.pack("@ll", 0, 0)
+    assert httpd._timeval(0.0) == httpd.pack("@ll", 0, 1)
+    assert httpd._timeval(3e6) == httpd.pack("@ll", 3000000, 0)
 
 
 def test_options_values():

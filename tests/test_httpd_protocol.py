@@ -186,6 +186,34 @@ def test_client_that_never_reads_is_dropped(serve):
     assert h.exit_status() == 0
 
 
+def test_zero_timeout_means_no_limit_on_a_body(serve):
+    """--timeout 0 is no limit (it once meant one microsecond: any pause in a
+    body was a 408).  Expect: 100-continue makes the pause certain: the
+    server waits for the body only after its 100 Continue has arrived."""
+    h = serve("--timeout", "0")
+    body = b"x" * 300000
+    h.send(request("/cgi-bin/count.sh", method="POST",
+                   headers=[("Content-Length", str(len(body))), ("Expect", "100-continue")]))
+    assert h.reader._until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue"
+    h.send(body)
+    r = h.response()
+    assert (r.status, r.body) == (200, b"300000")
+
+
+def test_zero_header_timeout_means_no_limit(serve):
+    """--header-timeout 0 is no limit (it once closed every connection at once)."""
+    h = serve("--header-timeout", "0")
+    assert h.get("/alpha.txt").body == ALPHA
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--header-timeout", "--keepalive-timeout"])
+def test_timeouts_beyond_24_days(serve, option):
+    """Durations past 2**31 ms (about 24.8 days) work: no wait overflows."""
+    h = serve(option, "3000000")
+    assert h.get("/alpha.txt").body == ALPHA
+    assert h.get("/cgi-bin/count.sh", method="POST", body=b"abc").body == b"3"
+
+
 # -- limits ----------------------------------------------------------------------
 
 def test_long_request_line_is_414(serve):

@@ -9,12 +9,14 @@ NOTIFY_SOCKET, killed by process group at teardown.
 import http.client
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from test_httpd_support import ALPHA, TIMEOUT, get, make_site, pid_exits, serves_side_by_side
+from test_httpd_support import (ALPHA, TIMEOUT, Reader, get, make_site, pid_exits, request,
+                                serves_side_by_side)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +74,34 @@ def check(address):
     response, body = get(address, "/alpha.txt", conn, headers={"Range": "bytes=-3"})
     assert (response.status, body) == (206, b"xyz")
     conn.close()
+
+
+PROXIED = """
+services:
+  http:
+    listen: 127.0.0.1:0
+    server: {python}
+    args: [{handlers}/httpd.py, --root, "{tmp}/www"]
+    stderr: log
+    proxy_protocol: v1
+    proxy_from: [127.0.0.0/8]
+"""
+
+
+def test_proxy_protocol_client_is_the_client(superd, site):
+    """Behind a load balancer (PROXY protocol) the client is the one the
+    header names, which superd passes in REMOTE_ADDR (with SUPERD_SERVICE)
+    and TCPLOCALIP, and which getpeername cannot know."""
+    daemon = superd(PROXIED)
+    sock = socket.create_connection(daemon.address("http"), timeout=TIMEOUT)
+    sock.sendall(b"PROXY TCP4 192.0.2.5 198.51.100.1 5555 8443\r\n"
+                 + request("/cgi-bin/env.sh", headers=[("Connection", "close")]))
+    env = env_of(Reader(sock).response().body)
+    sock.close()
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.5", "5555")
+    assert (env["SERVER_ADDR"], env["SERVER_PORT"]) == ("198.51.100.1", "8443")
+    daemon.log.wait_for(r'stderr service=http .*192\.0\.2\.5 - - .*GET /cgi-bin/env\.sh ')
+    assert daemon.stop() == 0
 
 
 def handler_pid(address):

@@ -191,7 +191,21 @@ def network_list(value):
         return ()
     if not isinstance(value, list):
         value = [value]
-    return tuple(network(v) for v in value)
+    return each(network, value)
+
+
+def each(convert, items):
+    """convert applied to every item; a ValueError names every bad one, not
+    only the first (--check promises every error)."""
+    out, errors = [], []
+    for item in items:
+        try:
+            out.append(convert(item))
+        except ValueError as err:
+            errors.append(str(err))
+    if errors:
+        raise ValueError("; ".join(errors))
+    return tuple(out)
 
 
 def v6_prefix(value):
@@ -229,23 +243,25 @@ def rlimits(value):
     """{nofile: 1024, as: 1G, cpu: 60, core: 0, ...} -> sorted ((name, int or "unlimited"), ...)."""
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping such as {{nofile: 1024, as: 1G}}, got {value!r}")
-    out = []
-    for name, limit in value.items():
-        kind = RLIMIT_KINDS.get(name)
-        if kind is None:
-            raise ValueError(f"unknown limit {name!r}; expected one of {', '.join(RLIMIT_KINDS)}")
-        if limit == "unlimited":
-            out.append((name, "unlimited"))
-            continue
-        if kind == "size":
-            limit = size(limit)
-        elif not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
-            raise ValueError(f"{name}: expected a whole number or 'unlimited', got {limit!r}")
-        if limit > RLIMIT_MAX:
-            raise ValueError(f"{name}: {limit} is above the largest limit, {RLIMIT_MAX}; "
-                             "say 'unlimited'")
-        out.append((name, limit))
-    return tuple(sorted(out))
+    return tuple(sorted(each(_rlimit, value.items())))
+
+
+def _rlimit(entry):
+    """(name, limit) of one rlimits entry; see rlimits."""
+    name, limit = entry
+    kind = RLIMIT_KINDS.get(name)
+    if kind is None:
+        raise ValueError(f"unknown limit {name!r}; expected one of {', '.join(RLIMIT_KINDS)}")
+    if limit == "unlimited":
+        return name, "unlimited"
+    if kind == "size":
+        limit = size(limit)
+    elif not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0):
+        raise ValueError(f"{name}: expected a whole number or 'unlimited', got {limit!r}")
+    if limit > RLIMIT_MAX:
+        raise ValueError(f"{name}: {limit} is above the largest limit, {RLIMIT_MAX}; "
+                         "say 'unlimited'")
+    return name, limit
 
 
 def port_number(text):

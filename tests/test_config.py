@@ -337,3 +337,13 @@ def test_internal_handler_for_another_user_runs_its_source(tmp_path):
 
 def config_argv_of(tmp_path, settings):
     return load_text(tmp_path, f"services:\n  s: {{listen: 0, {settings}}}\n").services[0].argv
+
+
+def test_every_bad_entry_of_a_list_or_mapping_is_named(tmp_path):
+    found = problems(tmp_path, "services:\n  a: {listen: 0, server: /bin/cat, "
+                               "rlimits: {files: 1, as: 1X, nofile: 10}, only_from: [10.0.0.300, '::1', nowhere]}\n")
+    messages = {p.key: p.message for p in found}
+    assert "unknown limit 'files'" in messages["services.a.rlimits"]
+    assert "expected a size" in messages["services.a.rlimits"]
+    assert "10.0.0.300" in messages["services.a.only_from"]
+    assert "nowhere" in messages["services.a.only_from"]

@@ -13,6 +13,7 @@ import sys
 from superd import __version__
 from superd import config as configuration
 from superd.logs import LEVELS, Logger
+from superd.sysutil import errname
 
 EX_OK, EX_USAGE, EX_OSERR, EX_CONFIG = 0, 64, 71, 78
 
@@ -66,7 +67,7 @@ def check(path):
     except configuration.ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
-        print(f"{path}: {len(err.problems)} error(s)", file=sys.stderr)
+        print(f"{err.problems[0].file}: {len(err.problems)} error(s)", file=sys.stderr)
         return EX_CONFIG
     print(f"{config.path}: ok, {len(config.enabled)} service(s) enabled")
     return EX_OK
@@ -92,8 +93,7 @@ def serve(path, args):
         log.error("ready-file-failed", path=err.path, error=err.name)
         return EX_OSERR
     except OSError as err:
-        log.error("cannot-listen", address=getattr(err, "address", ""),
-                  error=err.strerror or str(err))
+        log.error("cannot-listen", address=getattr(err, "address", ""), error=errname(err))
         return EX_OSERR
     return supervisor.run()
 

@@ -127,12 +127,11 @@ class ProxyReader:
         self.selector.unregister(fd)
 
     def close_all(self):
-        for queue in self.waiting.values():
-            for entry in list(queue.values()):
-                entry.timer.cancel()
-                self.selector.unregister(entry.sock.fileno())
-                entry.sock.close()
-        self.waiting.clear()
+        """At a stop: every connection still waiting for its header is refused."""
+        queues, self.waiting = self.waiting, {}
+        for queue in queues.values():
+            for entry in queue.values():
+                self._drop(entry, "service_gone", "superd is stopping")
 
 
 def _consume(sock, length):

@@ -47,6 +47,7 @@ import signal
 import socket
 
 from superd import reaping
+from superd.sysutil import errname
 from superd.warmserver import WarmBusy, WarmInterpreter, WarmUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -221,7 +222,7 @@ class WarmPool:
             key = (name, slot)
             delay = self.delay.get(key, self.RESTART_MIN)
             self.delay[key] = min(self.RESTART_MAX, delay * 2)
-            self.log.error("preload-failed", service=name, error=err.strerror or str(err),
+            self.log.error("preload-failed", service=name, error=errname(err),
                            meanwhile=self._meanwhile(name), retry_in=delay)
             self.timers.at(self.clock() + delay, lambda: self._restart(name, slot))
             return

@@ -3,7 +3,8 @@
 Each handler with `stderr: log` writes into a pipe of its own; this module
 owns the read ends: it watches them in the loop's selector, logs one
 `stderr service=… pid=… text=…` line per line of output (long lines cut at
-STDERR_LINE_MAX), and closes each pipe at end of file, which may come after
+STDERR_LINE_MAX: one line, and the rest of it until its newline is
+dropped), and closes each pipe at end of file, which may come after
 the handler itself has exited (a grandchild can hold the pipe).
 """
 
@@ -18,10 +19,10 @@ class HandlerStderr:
     def __init__(self, selector, log):
         self.selector = selector
         self.log = log
-        self.partial = {}         # fd -> bytes not yet ending in a newline
+        self.partial = {}         # fd -> (bytes not yet ending in a newline, cutting)
 
     def add(self, fd, service, pid):
-        self.partial[fd] = b""
+        self.partial[fd] = (b"", False)
         self.selector.register(fd, selectors.EVENT_READ, partial(self._readable, fd, service, pid))
 
     def _readable(self, fd, service, pid):
@@ -31,22 +32,27 @@ class HandlerStderr:
             return
         except OSError:
             data = b""
-        buf = self.partial.get(fd, b"") + data
-        *lines, rest = buf.split(b"\n")
+        rest, cutting = self.partial.get(fd, (b"", False))
+        *lines, rest = (rest + data).split(b"\n")
         if not data:
             lines.append(rest)
             rest = b""
         for line in lines:
-            if line:
-                self.log.info("stderr", service=service, pid=pid,
-                              text=line[:STDERR_LINE_MAX].decode("utf-8", "replace"))
+            if cutting:           # the tail of a line logged already, cut
+                cutting = False
+            elif line:
+                self._line(service, pid, line)
         if len(rest) > STDERR_LINE_MAX:
-            self.log.info("stderr", service=service, pid=pid,
-                          text=rest[:STDERR_LINE_MAX].decode("utf-8", "replace"))
-            rest = b""
+            if not cutting:
+                self._line(service, pid, rest)
+            rest, cutting = b"", True
         if data:
-            self.partial[fd] = rest
+            self.partial[fd] = (rest, cutting)
         else:
             self.selector.unregister(fd)
             os.close(fd)
             del self.partial[fd]
+
+    def _line(self, service, pid, line):
+        self.log.info("stderr", service=service, pid=pid,
+                      text=line[:STDERR_LINE_MAX].decode("utf-8", "replace"))

@@ -274,6 +274,15 @@ def test_check_reports_every_error_with_its_line(tmp_path):
     assert f"{path}:6: services.two.listen: cannot parse address" in r.stderr
     assert f"{path}:11: services.three.colour: unknown key" in r.stderr
     assert f"{path}:15: services.four.instances" in r.stderr
+    assert r.stderr.endswith(f"{path}: 4 error(s)\n")
+
+
+def test_check_names_the_file_alike_in_every_line(tmp_path, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("services:\n  a: {listen: 0}\n")
+    monkeypatch.chdir(tmp_path)
+    r = run_check("bad.yaml")                   # as typed: relative
+    assert r.returncode == 78
+    assert {line.split(":")[0] for line in r.stderr.splitlines()} == {str(tmp_path / "bad.yaml")}
 
 
 def test_check_clean_file_exits_0(tmp_path):

@@ -183,6 +183,37 @@ services:
         assert "complaint" not in d.log.text()
 
 
+def test_a_long_stderr_line_is_cut_to_one_event(superd, tmp_path):
+    handler = python_handler(tmp_path, "long.py",
+                             "import sys\nsys.stderr.write('x' * 100000 + '\\nnext\\n')\n")
+    d = superd(f"""
+services:
+  long: {{listen: "127.0.0.1:0", server: {handler}, stderr: log}}
+""")
+    with connect(d.address("long")) as sock:
+        assert read_all(sock) == b""
+    d.log.wait_for(r'^stderr service=long .*text=next$')
+    cut = [l for l in d.log.lines if l.startswith("stderr service=long ")]
+    assert len(cut) == 2 and cut[0].endswith("x" * 4096), [l[:80] for l in cut]
+
+
+def test_the_port_already_in_use_is_named_with_its_errno(tmp_path):
+    import socket
+    from conftest import start_superd
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        d = start_superd(tmp_path, f"""
+services:
+  e: {{listen: "127.0.0.1:{taken.getsockname()[1]}", internal: echo}}
+""", wait=False)
+        try:
+            assert d.proc.wait(10) == 71
+            d.log.wait_for(r'^cannot-listen level=error address=127\.0\.0\.1:\d+ error="EADDRINUSE: ')
+        finally:
+            d.kill()
+
+
 def test_workdir_relative_to_config_folder(superd, probe, tmp_path):
     (tmp_path / "site").mkdir()
     d = superd(f"""

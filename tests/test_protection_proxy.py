@@ -377,3 +377,12 @@ def test_a_header_is_read_by_the_settings_its_connection_was_accepted_under(supe
         sock.shutdown(1)
         env, payload = answer_of(sock)
     assert env["REMOTE_ADDR"] == "192.0.2.7" and payload == b"payload"
+
+
+def test_a_stop_refuses_the_connections_still_waiting_for_a_header(superd, tmp_path):
+    d = proxied_service(superd, tmp_path)
+    with accepted_silent(d, 1)[0] as sock:
+        d.send(signal.SIGTERM)
+        assert read_until_eof(sock) == b""
+        d.log.wait_for(r"^refused service=p client=127\.0\.0\.1:\d+ reason=service_gone ")
+    assert d.proc.wait(10) == 0

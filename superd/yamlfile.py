@@ -79,6 +79,10 @@ def _plain(node, constructor, problems):
     except yaml.constructor.ConstructorError as err:
         problems.append(YamlProblem(node.start_mark.line + 1, None, str(err.problem)))
         return None
+    except (ValueError, TypeError, OverflowError) as err:   # a tag that does not fit: !!int x
+        problems.append(YamlProblem(node.start_mark.line + 1, None,
+                                    f"{node.value!r} cannot be read as {node.tag.rpartition(':')[2]}: {err}"))
+        return None
 
 
 def _merge(out, node, constructor, problems):

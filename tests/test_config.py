@@ -92,6 +92,7 @@ def problems(tmp_path, text):
     ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {nofile: 99999999999999999999999}}\n", 2, "services.a.rlimits", "largest limit"),
     ("services:\n  a: {listen: 0, server: /bin/cat, rlimits: {as: 99999999999G}}\n", 2, "services.a.rlimits", "largest limit"),
     ("services:\n  a: {listen: 0, server: /bin/cat, <<: [1, 2]}\n", 2, "<<", "merge key"),
+    ("services:\n  a: {listen: !!int x, server: /bin/cat}\n", 2, None, "cannot be read as int"),
 ])
 def test_each_error_names_line_and_key(tmp_path, text, line, key, fragment):
     found = problems(tmp_path, text)

@@ -119,7 +119,9 @@ def seconds_or_zero(value):
     """Seconds; 0 switches the limit off (so a service can undo a default)."""
     if value == 0 and not isinstance(value, bool):
         return 0.0
-    return duration(value)
+    if _finite_above_zero(value):
+        return float(value)
+    raise ValueError(f"expected 0 (no limit) or a number of seconds above 0, got {value!r}")
 
 
 def positive_int(value):

@@ -729,15 +729,16 @@ def accepts_gzip(field):
     """Whether an Accept-Encoding field accepts gzip (q > 0, explicitly or by *)."""
     star = False
     for item in field.split(","):
-        coding, _, params = item.partition(";")
+        coding, *params = item.split(";")
         coding = coding.strip(" \t").lower()
         q = 1.0
-        name, eq, value = params.strip(" \t").partition("=")
-        if eq and name.strip(" \t").lower() == "q":
-            try:
-                q = float(value.strip(" \t"))
-            except ValueError:
-                q = 0.0
+        for param in params:            # q may follow other parameters (RFC 9110 12.4.2)
+            name, eq, value = param.partition("=")
+            if eq and name.strip(" \t").lower() == "q":
+                try:
+                    q = float(value.strip(" \t"))
+                except ValueError:
+                    q = 0.0
         if coding in ("gzip", "x-gzip"):
             return q > 0
         if coding == "*":
@@ -1219,16 +1220,16 @@ def resolve(settings, segments, as_file=True):
             raise HttpError(404) from None
         raise
     if linked:
-        check_real(settings, os.path.realpath(path), as_file)
+        check_real(settings, os.path.realpath(path), as_file, S_ISDIR(st.st_mode))
     return path, st
 
 
-def check_real(settings, real, as_file):
+def check_real(settings, real, as_file, is_dir=False):
     """Refuse what a path that went through a symbolic link really names: a
     place outside the root (403, unless --follow-symlinks); and for a file
-    to be served (as_file), a dotfile (404) or anything in a CGI folder
-    (403).  The URL passed these checks; the real path, relative to the
-    real root, must pass them too (Rule 3)."""
+    to be served (as_file), a dotfile (404) or anything in a CGI folder, or
+    a directory that is one (403).  The URL passed these checks; the real
+    path, relative to the real root, must pass them too (Rule 3)."""
     base = settings.root_real.rstrip("/") + "/"
     rel = real[len(base):] if real.startswith(base) else None
     if rel is None and real != settings.root_real and not settings.follow_symlinks:
@@ -1240,6 +1241,8 @@ def check_real(settings, real, as_file):
         raise HttpError(404)
     if settings.cgi_globs and in_cgi_folder(settings.cgi_globs, parts):
         raise HttpError(403, "symbolic link to a CGI program")
+    if is_dir and is_cgi_folder(settings, parts):
+        raise HttpError(403, "symbolic link to a CGI folder")
 
 
 _O_DIRECTORY_PATH = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
@@ -1273,8 +1276,23 @@ def try_resolve(settings, segments):
         return None, None
 
 
+def is_cgi_folder(settings, segments):
+    """Whether a directory is, or lies in, a CGI folder: its index.html
+    would be a CGI path, so neither it nor a listing is served (what
+    find_script cannot see: /cgi-bin does not match /cgi-bin/*)."""
+    return bool(settings.cgi_globs) and in_cgi_folder(settings.cgi_globs,
+                                                      segments + ["index.html"])
+
+
 def etag_of(st):
     return '"%x-%x"' % (st.st_mtime_ns, st.st_size)
+
+
+# How send_file answers a file it cannot open: gone since resolve() (404),
+# forbidden (403); anything else (EMFILE, ENFILE, ENOMEM, EIO) is ours: 503.
+OPEN_ERRORS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.ELOOP: 404,
+               errno.ENAMETOOLONG: 404, errno.EACCES: 403, errno.EPERM: 403}
+VARY = "Vary: Accept-Encoding"      # on every file answer, errors from send_file too
 
 
 def serve_static(conn, request, segments, trailing):
@@ -1287,6 +1305,8 @@ def serve_static(conn, request, segments, trailing):
             if request.query:
                 location += "?" + request.query
             raise HttpError(301, headers=("Location: " + location,))
+        if is_cgi_folder(settings, segments):
+            raise HttpError(403, "a CGI folder is neither indexed nor listed")
         index, index_st = try_resolve(settings, segments + ["index.html"])
         if index is None or not S_ISREG(index_st.st_mode):
             if settings.listing:
@@ -1303,13 +1323,13 @@ def serve_static(conn, request, segments, trailing):
         raise HttpError(405, headers=("Allow: " + STATIC_ALLOW,))
     conn.discard_body(request)
     ctype = media_type(path)
-    fields = ["Vary: Accept-Encoding"]
+    fields = [VARY]
     if accepts_gzip(request.headers.get("accept-encoding", "")):
         gz, gz_st = try_resolve(settings, segments_of(path, settings))
         if gz is not None and S_ISREG(gz_st.st_mode):
-            path, st = gz, gz_st
+            path = gz
             fields.append("Content-Encoding: gzip")
-    send_file(conn, request, path, st, ctype, fields)
+    send_file(conn, request, path, ctype, fields)
 
 
 def segments_of(path, settings):
@@ -1318,26 +1338,31 @@ def segments_of(path, settings):
     return rel.split("/")
 
 
-def send_file(conn, request, path, st, ctype, fields):
-    """A 200, 206, 304, 412 or 416 for one regular file, the body by sendfile."""
-    etag = etag_of(st)
-    mtime = int(st.st_mtime)
-    fields += ["ETag: " + etag, "Last-Modified: " + format_http_date(mtime)]
-    status = check_conditions(request, etag, mtime)
-    if status == 304:
-        return send_simple(conn, 304, fields, None)
-    if status == 412:
-        raise HttpError(412)
+def send_file(conn, request, path, ctype, fields):
+    """A 200, 206, 304, 412 or 416 for one regular file, the body by sendfile.
+
+    Validators, conditions and size all come from the fstat of the open
+    file, so that the ETag names exactly the bytes sent (RFC 9110 8.8.1)
+    even if the file was replaced since resolve() looked at it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except PermissionError:
-        raise HttpError(403) from None
-    except OSError:
-        raise HttpError(404) from None
+    except OSError as exc:
+        status = OPEN_ERRORS.get(exc.errno, 503)
+        if status == 503:
+            conn.log.diag("open %s: %s" % (path, exc.strerror))
+        raise HttpError(status, headers=(VARY,)) from None
     try:
         st = os.fstat(fd)
         if not S_ISREG(st.st_mode):
-            raise HttpError(403)
+            raise HttpError(403, headers=(VARY,))
+        etag = etag_of(st)
+        mtime = int(st.st_mtime)
+        fields += ["ETag: " + etag, "Last-Modified: " + format_http_date(mtime)]
+        status = check_conditions(request, etag, mtime)
+        if status == 304:
+            return send_simple(conn, 304, fields, None)
+        if status == 412:
+            raise HttpError(412, headers=(VARY,))
         size = st.st_size
         ranges = None
         field = request.headers.get("range")
@@ -1351,7 +1376,7 @@ def send_file(conn, request, path, st, ctype, fields):
                                             "Content-Length: %d" % size])
             send_body(conn, request, head, fd, ((0, size - 1),) if size else ())
         elif not ranges:
-            raise HttpError(416, headers=("Content-Range: bytes */%d" % size,))
+            raise HttpError(416, headers=(VARY, "Content-Range: bytes */%d" % size))
         elif len(ranges) == 1:
             lo, hi = ranges[0]
             head = conn.head(206, fields + [
@@ -1637,7 +1662,7 @@ class CgiRun:
         try:
             poller = select.poll()
             poller.register(self.stdout, POLLIN)
-            while not self.eof:
+            while not self.eof and not self.body_sent():
                 self.step(poller)
             if self.head is None:
                 self.parse_head()
@@ -1656,6 +1681,13 @@ class CgiRun:
         finally:
             os.close(self.stdout)
             self.reap()
+
+    def body_sent(self):
+        """Whether a body framed by the program's Content-Length has all
+        been passed on: the answer is complete without waiting for EOF,
+        which a grandchild holding stdout could put off until the timeout;
+        reap() then waits for the program itself."""
+        return self.framing == "length" and not self.left and self.local is None
 
     def step(self, poller):
         """One poll: wait for the program or the client, deal with each event."""
@@ -1718,7 +1750,9 @@ class CgiRun:
             self.parse_head()
         if self.head is None or self.eof:
             return
-        if not self.conn.started and len(self.out) < 65536:
+        length = self.head[4]
+        whole = length is not None and len(self.out) >= length
+        if not self.conn.started and len(self.out) < 65536 and not whole:
             if self.hold_until is None:
                 self.hold_until = time.monotonic() + CGI_HOLD
             if time.monotonic() < self.hold_until:

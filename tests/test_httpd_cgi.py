@@ -6,7 +6,9 @@ Content-Length or chunked or close, nph-), failures (502, 500, 403, 404),
 the CGI timeout, a client that leaves, and what the program inherits.
 """
 
+import os
 import re
+import signal
 import socket
 
 import pytest
@@ -256,6 +258,26 @@ def test_program_shorter_than_its_length_closes(serve):
     assert h.reader.rest() == b"hello"       # then the connection ends
 
 
+def test_complete_length_body_ends_the_answer_despite_a_lingering_grandchild(serve, site):
+    """A program that gives a Content-Length and exits, leaving a child that
+    holds its stdout: the answer ends with its body, and the pipelined
+    request behind it is answered at once, not after --cgi-timeout."""
+    script(site / "cgi-bin" / "linger.sh",
+           'sleep 60 & echo "linger.sh grandchild=$!" >&2\n'
+           'printf "Content-Type: text/plain\\r\\nContent-Length: 5\\r\\n\\r\\nhello"\n')
+    h = serve("--cgi-timeout", "60")
+    h.send(request("/cgi-bin/linger.sh") + request("/alpha.txt"))
+    grandchild = int(h.log.wait_for(r"linger\.sh grandchild=(\d+)").group(1))
+    try:
+        r = h.response()
+        assert (r.status, r.body) == (200, b"hello")
+        assert r.header("connection") is None
+        assert h.response().body == ALPHA
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+    assert pid_exits(grandchild)
+
+
 def test_slow_program_is_streamed_chunked_and_keeps_alive(serve, site):
     """The program writes its head and a line, then waits on a FIFO: the line
     arrives chunked before the program ends; the connection stays usable."""
@@ -312,6 +334,29 @@ def test_nothing_in_a_cgi_folder_is_served_as_a_file(serve):
         assert b"printf" not in r.body and b"secret" not in r.body
     r = serve("--cgi", "/cgi-bin/**").get("/cgi-bin/sub/inner.sh")
     assert r.body == b"inner\n"
+
+
+@pytest.mark.parametrize("mode, direct", [(0o755, 200), (0o644, 403), (None, 404)],
+                         ids=["program", "not-executable", "no-index"])
+def test_a_cgi_folder_is_neither_indexed_nor_listed(serve, site, mode, direct):
+    """/cgi-bin/ is the CGI folder itself: its index.html (a program, a
+    file that is not executable, or none) is never served as a file through
+    it, nor is the folder listed; nor through a symbolic link to it."""
+    if mode is not None:
+        index = script(site / "cgi-bin" / "index.html",
+                       'printf "Content-Type: text/plain\\r\\n\\r\\nran\\n"\n')
+        index.chmod(mode)
+    (site / "docs").symlink_to("cgi-bin")
+    h = serve("--listing")
+    r = h.get("/cgi-bin/index.html")
+    assert r.status == direct, r
+    assert (r.body == b"ran\n") if direct == 200 else (b"printf" not in r.body)
+    for path in ("/cgi-bin/", "/cgi-bin/?x=1", "/cgi-bin/./", "/docs/"):
+        r = h.get(path)
+        assert r.status == 403, (path, r)
+        assert b"printf" not in r.body and b"env.sh" not in r.body, path
+    assert h.get("/sub/").body == b"sub index\n"          # other folders as they were
+    assert b"a&amp;b.txt" in h.get("/nodir/").body                # and listed
 
 
 def test_other_patterns(serve, site):

@@ -4,17 +4,11 @@ framing, targets and paths, ranges, dates, validators, CGI heads, options.
 The module under test is the file handlers/httpd.py itself, loaded by path.
 """
 
-import importlib.util
-import sys
-
 import pytest
 
-from test_httpd_support import HANDLER
+from test_httpd_support import load_httpd
 
-_spec = importlib.util.spec_from_file_location("httpd_under_test", HANDLER)
-httpd = importlib.util.module_from_spec(_spec)
-sys.modules["httpd_under_test"] = httpd
-_spec.loader.exec_module(httpd)
+httpd = load_httpd()
 
 HttpError = httpd.HttpError
 
@@ -340,6 +334,9 @@ def test_if_range(field, holds):
     ("gzip", True), ("gzip, deflate, br", True), ("GZIP;q=0.5", True), ("x-gzip", True),
     ("gzip;q=0", False), ("gzip; q=0.0", False), ("*", True), ("*;q=0", False),
     ("*, gzip;q=0", False), ("deflate", False), ("", False), ("gzip;q=abc", False),
+    # q wherever it is among the parameters (RFC 9110 12.4.2)
+    ("gzip;foo=1;q=0", False), ("gzip; level=9 ; Q=0.5", True), ("*;x=y;q=0", False),
+    ("gzip;foo=1", True),
 ])
 def test_accepts_gzip(field, accepted):
     assert httpd.accepts_gzip(field) is accepted

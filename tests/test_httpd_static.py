@@ -5,16 +5,18 @@ open-ended, multipart, If-Range, 416), precompressed .gz, directories and
 listings, and every way a path could try to leave the root.
 """
 
+import contextlib
 import gzip
 import os
 import re
+import resource
 import subprocess
 import sys
 
 import pytest
 
-from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, handler, make_site, request,  # noqa: F401
-                                serve, site)
+from test_httpd_support import (ALPHA, HANDLER, TIMEOUT, handler, load_httpd,  # noqa: F401
+                                make_site, request, serve, serve_in_process, site)
 
 
 def get(serve_or_handler, path, *args, **kw):
@@ -149,6 +151,87 @@ def test_if_match_and_if_unmodified_since(serve):
     assert r.status == 412
 
 
+NEW_VERSION = b"the new version, longer than the old one"
+
+
+def replaced_after_resolve(monkeypatch, httpd, site, how):
+    """Make resolve() of /alpha.txt return, then replace (or remove) the
+    file: the race between resolve() and send_file()'s open, won every time."""
+    real_resolve = httpd.resolve
+
+    def resolve(settings, segments, as_file=True):
+        found = real_resolve(settings, segments, as_file)
+        if segments == ["alpha.txt"]:
+            if how == "replaced":
+                new = site / "new.txt"
+                new.write_bytes(NEW_VERSION)
+                os.utime(new, (1_000_000_000, 1_000_000_000))
+                os.replace(new, site / "alpha.txt")
+            else:
+                os.unlink(site / "alpha.txt")
+        return found
+    monkeypatch.setattr(httpd, "resolve", resolve)
+
+
+@pytest.mark.parametrize("fields", [[], [("If-None-Match", "OLD")], [("If-Match", "OLD")]])
+def test_validators_name_the_bytes_sent(monkeypatch, site, fields):
+    """ETag, Last-Modified, the conditions and the length all come from the
+    file opened, not from a stat taken before it was replaced (RFC 9110
+    8.8.1: a strong ETag names exactly the bytes)."""
+    httpd = load_httpd()
+    old = os.stat(site / "alpha.txt")
+    old_etag = '"%x-%x"' % (old.st_mtime_ns, old.st_size)
+    fields = [(k, old_etag if v == "OLD" else v) for k, v in fields]
+    replaced_after_resolve(monkeypatch, httpd, site, "replaced")
+    reader, _log = serve_in_process(httpd, site, request("/alpha.txt", headers=fields))
+    r = reader.response()
+    new = os.stat(site / "alpha.txt")
+    if fields and fields[0][0] == "If-Match":
+        assert r.status == 412, r                 # the old version is gone
+        return
+    assert (r.status, r.body) == (200, NEW_VERSION), r
+    assert r.header("etag") == '"%x-%x"' % (new.st_mtime_ns, new.st_size)
+    assert r.header("last-modified") == "Sun, 09 Sep 2001 01:46:40 GMT"
+    assert r.header("content-length") == str(len(NEW_VERSION))
+
+
+def test_file_gone_after_resolve_is_404(monkeypatch, site):
+    httpd = load_httpd()
+    replaced_after_resolve(monkeypatch, httpd, site, "removed")
+    reader, log = serve_in_process(httpd, site, request("/alpha.txt"))
+    r = reader.response()
+    assert r.status == 404 and r.header("vary") == "Accept-Encoding"
+    assert "Traceback" not in log
+
+
+@contextlib.contextmanager
+def no_free_descriptor():
+    """The next open() in this process fails with EMFILE: the soft limit on
+    descriptors is lowered to the lowest free one, then restored."""
+    lowest = os.dup(0)
+    os.close(lowest)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_file_that_cannot_be_opened_for_want_of_descriptors_is_503(site):
+    """EMFILE is the server's trouble, not a missing file: 503 (not 404),
+    logged, and the connection closed."""
+    httpd = load_httpd()
+    reader, log = serve_in_process(httpd, site, request("/alpha.txt") + request("/alpha.txt"),
+                                   around=no_free_descriptor)
+    r = reader.response()
+    assert r.status == 503, r
+    assert r.header("connection") == "close" and r.header("vary") == "Accept-Encoding"
+    assert re.search(r"superd-httpd\[\d+\]: open \S*/alpha\.txt: Too many open files", log), log
+    assert "Traceback" not in log
+    assert reader.buf == b""                      # the second request was not answered
+
+
 # -- ranges --------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, content_range, body", [
@@ -237,6 +320,21 @@ def test_gzip_variant(serve, site):
     assert r.header("vary") == "Accept-Encoding"
     r = h.get("/alpha.txt", headers=[("Accept-Encoding", "gzip")])    # no .gz beside it
     assert r.header("content-encoding") is None and r.body == ALPHA
+
+
+@pytest.mark.parametrize("field", [("Range", "bytes=5000-"), ("If-Match", '"x"'),
+                                   ("If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")])
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_vary_on_failed_conditions_and_ranges(serve, site, field, encoding):
+    """412 and 416 depend on the variant Accept-Encoding chose (the 416 names
+    its size): they carry Vary too, and no Content-Encoding."""
+    r = get(serve, "/page.txt", headers=[("Accept-Encoding", encoding), field])
+    assert r.status in (412, 416), r
+    assert r.header("vary") == "Accept-Encoding"
+    assert r.header("content-encoding") is None
+    if r.status == 416:
+        name = "page.txt.gz" if encoding == "gzip" else "page.txt"
+        assert r.header("content-range") == "bytes */%d" % os.path.getsize(site / name)
 
 
 # -- directories ------------------------------------------------------------------

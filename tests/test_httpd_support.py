@@ -8,12 +8,17 @@
 - `make_site`: a document root with files, symlinks, dotfiles and CGI
   programs that every test module shares.
 - `pid_exits`: wait for any process (not only a child) to end, via a pidfd.
+- `load_httpd`, `serve_in_process`: the handler's module loaded by path, and
+  its keep-alive loop run in this process over a socketpair, for tests that
+  must step in between two of its calls (a file replaced after resolve()).
 
 Every socket has a timeout; nothing sleeps to synchronise.
 """
 
+import contextlib
 import gzip
 import http.client
+import importlib.util
 import os
 import re
 import select
@@ -21,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -235,6 +241,40 @@ def handler():
     yield start
     for h in started:
         h.close()
+
+
+def load_httpd():
+    """handlers/httpd.py as a module (loaded by path once, then shared)."""
+    module = sys.modules.get("httpd_under_test")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("httpd_under_test", HANDLER)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["httpd_under_test"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def serve_in_process(httpd, root, data, *args, around=contextlib.nullcontext):
+    """(Reader, log text): httpd's serve_connection() run here, under the
+    context manager around(), on one end of a socketpair that has been sent
+    data and then end of file.  Answers must fit in the socket's buffer;
+    the Reader holds them all, its socket closed."""
+    settings = httpd.prepare(["--root", str(root), *map(str, args)])
+    settings.root_real = httpd.real_directory(settings.root)
+    ours, theirs = socket.socketpair()
+    with ours, theirs, tempfile.TemporaryFile() as log:
+        ours.settimeout(TIMEOUT)            # theirs: SO_RCVTIMEO, set by Connection
+        ours.sendall(data)
+        ours.shutdown(socket.SHUT_WR)
+        conn = httpd.Connection(theirs, "127.0.0.1", 1, "127.0.0.1", 80,
+                                settings, httpd.Log(log.fileno(), False))
+        with around():
+            httpd.serve_connection(conn)          # closes theirs
+        reader = Reader(ours)
+        reader.buf = reader.rest()            # all of it: the loop has closed its end
+        log.seek(0)
+        text = log.read().decode("utf-8", "replace")
+    return reader, text
 
 
 # -------------------------------------------------------------------------

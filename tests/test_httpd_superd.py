@@ -76,14 +76,7 @@ def check(address):
     conn.close()
 
 
-PROXIED = """
-services:
-  http:
-    listen: 127.0.0.1:0
-    server: {python}
-    args: [{handlers}/httpd.py, --root, "{tmp}/www"]
-    stderr: log
-    proxy_protocol: v1
+PROXIED = NOWAIT + """    proxy_protocol: v1
     proxy_from: [127.0.0.0/8]
 """
 

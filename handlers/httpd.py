@@ -1569,8 +1569,7 @@ def cgi_environ(conn, request, script, length):
             continue
         if "_" in name:        # "Foo_Bar" would pose as "Foo-Bar": drop it
             continue
-        env["HTTP_" + name.upper().replace("-", "_")] = (
-            value if value.isascii() else env_text(value))
+        env["HTTP_" + name.upper().replace("-", "_")] = env_text(value)
     return env
 
 

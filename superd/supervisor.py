@@ -122,7 +122,7 @@ class Supervisor(Lifecycle, Starts):
         except OSError as err:
             self._abandon_start()
             raise ReadyFileError(self.ready_file, err) from err
-        self._announce(written=True)
+        self._notify_ready()
 
     def _abandon_start(self):
         """Undo a start that cannot announce itself: no listener or server outlives it."""
@@ -158,12 +158,16 @@ class Supervisor(Lifecycle, Starts):
             signal.signal(sig, ignore_in_handler)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
 
-    def _announce(self, written=False):
+    def _announce(self):
+        """After a reload: the ready file anew (a failure is logged: the old
+        file still names a live pid), then systemd."""
         try:
-            if not written:
-                self._write_ready_file()
-        except OSError as err:            # after a reload: the old file still names a live pid
+            self._write_ready_file()
+        except OSError as err:
             self.log.error("ready-file-failed", path=self.ready_file, error=errname(err))
+        self._notify_ready()
+
+    def _notify_ready(self):
         systemd.notify("READY=1\nSTATUS=serving " + ", ".join(self.states))
 
     def _write_ready_file(self):

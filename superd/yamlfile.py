@@ -5,10 +5,17 @@ duplicate keys.  This module composes the node tree itself and turns it into
 plain Python values, except that every mapping becomes a `Located` dict that
 knows its own line and the line of each key.  A duplicate key is reported,
 not resolved.  config.py is the only user.
+
+The input may be hostile (anyone who can write an included file), so loading
+is bounded: aliases are counted as the tree would expand, before any value is
+built (a "billion laughs" document is refused in milliseconds), a structure
+that contains itself or nests past the interpreter's stack is a problem, not a
+RecursionError, and a value quoted in a message is cut to QUOTE_MAX.
 """
 
 import yaml
 import yaml.constructor
+import yaml.reader
 
 
 class Located(dict):
@@ -30,21 +37,93 @@ class YamlProblem(Exception):
         self.message = message
 
 
+# Values the document may expand to, aliases counted each time they are used.
+# A services.yaml of a hundred services is a few thousand.
+MAX_VALUES = 100_000
+QUOTE_MAX = 60
+
+
+def quote(value):
+    """repr(value), cut to QUOTE_MAX characters: a message never carries the
+    attacker's megabyte."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX - 3] + "..."
+
+
 def load(text):
     """Parse text; return (value, problems).  value is None for an empty file."""
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
+        node, first_alias = _compose(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
         return None, [YamlProblem(line, None, f"YAML syntax: {err.problem or err}")]
-    finally:
-        loader.dispose()
+    except yaml.reader.ReaderError as err:   # a control character, bad UTF-8
+        line = text.count("\n", 0, err.position) + 1 if isinstance(text, str) else 1
+        return None, [YamlProblem(line, None, f"YAML syntax: {err.reason}, character #x{err.character:02x}"
+                                  if isinstance(err.character, int) else f"YAML syntax: {err.reason}")]
+    except RecursionError:
+        return None, [YamlProblem(1, None, "YAML nests too deeply")]
     if node is None:
         return None, []
+    try:
+        size = _expanded_size(node, {}, set())
+    except RecursionError:
+        return None, [YamlProblem(first_alias or 1, None,
+                                  "aliases nest too deeply (the first alias is on this line)")]
+    if size is None:
+        return None, [YamlProblem(first_alias or 1, None,
+                                  "a value contains itself through an alias (the first alias is on this line)")]
+    if size > MAX_VALUES:
+        return None, [YamlProblem(first_alias or 1, None,
+                                  f"aliases expand past {MAX_VALUES} values (the first alias is on this line)")]
     problems = []
-    return _plain(node, yaml.constructor.SafeConstructor(), problems), problems
+    try:
+        return _plain(node, yaml.constructor.SafeConstructor(), problems), problems
+    except RecursionError:
+        return None, [YamlProblem(1, None, "YAML nests too deeply")]
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of the first alias it composes."""
+
+    first_alias = None
+
+    def compose_node(self, parent, index):
+        if self.first_alias is None and self.check_event(yaml.AliasEvent):
+            self.first_alias = self.peek_event().start_mark.line + 1
+        return super().compose_node(parent, index)
+
+
+def _compose(text):
+    loader = _CountingLoader(text)
+    try:
+        return loader.get_single_node(), loader.first_alias
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, sizes, open_nodes):
+    """How many values node expands to, each shared (aliased) node counted
+    every time it is used; None if node contains itself.  Each node is visited
+    once (sizes memoizes), so this is linear in the document, not its expansion."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        return None
+    open_nodes.add(key)
+    total = 1
+    children = node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else ()
+    for child in children:
+        for part in (child if isinstance(node, yaml.MappingNode) else (child,)):
+            size = _expanded_size(part, sizes, open_nodes)
+            if size is None:
+                return None
+            total += size
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -79,9 +158,10 @@ def _plain(node, constructor, problems):
     except yaml.constructor.ConstructorError as err:
         problems.append(YamlProblem(node.start_mark.line + 1, None, str(err.problem)))
         return None
-    except (ValueError, TypeError, OverflowError) as err:   # a tag that does not fit: !!int x
+    except Exception as err:   # a tag that does not fit: !!int x, !!timestamp b
         problems.append(YamlProblem(node.start_mark.line + 1, None,
-                                    f"{node.value!r} cannot be read as {node.tag.rpartition(':')[2]}: {err}"))
+                                    f"{quote(node.value)} cannot be read as "
+                                    f"{node.tag.rpartition(':')[2]}: {quote(str(err))[1:-1]}"))
         return None
 
 

@@ -389,3 +389,22 @@ services:
         assert list((tmp_path).glob("**/*.tmp")) == []
     finally:
         d.kill()
+
+
+def test_reload_of_a_yaml_bomb_is_one_short_error_and_serving_goes_on(superd, gate):
+    """Issue 18: the daemon never expands an alias bomb or recursive alias at HUP."""
+    d = superd(f"""
+services:
+  gate: {{listen: "127.0.0.1:0", server: {gate}}}
+""")
+    address = d.address("gate")
+    bomb = "x-a: &a [" + ",".join(["1"] * 10) + "]\n" + "".join(
+        f"x-{c}: &{c} [" + ",".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    for text in (bomb + "services:\n  gate: {listen: 0, server: /bin/cat, instances: *h}\n",
+                 "x-r: &r [*r]\nservices:\n  gate: {listen: 0, server: /bin/cat, args: *r}\n"):
+        lines = d.reload(text)
+        assert any(l.startswith("reload-failed ") for l in lines)
+        errors = [l for l in lines if "config-error" in l]
+        assert errors and all(len(l) < 1000 for l in lines), lines
+        assert "internal-error" not in "".join(lines)
+        assert ask(address).endswith(b"hi\n")

@@ -23,6 +23,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Fuzzing: a few hundred examples per property in the suite (seconds);
+# HYPOTHESIS_PROFILE=long (bench/fuzz.sh) runs the same properties for minutes.
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=50_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "handlers"

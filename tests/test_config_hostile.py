@@ -83,8 +83,7 @@ def _load_or_config_error(tmp_path, data):
         assert all(p.line >= 0 for p in err.problems)
 
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 YAML_PIECES = st.sampled_from([
     "services:", "\n", "  ", "a:", " {", "}", "[", "]", ",", "&x ", "*x", "<<: ", "!!int ",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from superd import config, yamlfile
@@ -103,3 +104,30 @@ def test_any_bytes_are_a_config_or_a_config_error(tmp_path, data):
 @given(st.lists(YAML_PIECES, max_size=40))
 def test_yaml_shaped_noise_is_a_config_or_a_config_error(tmp_path, pieces):
     _load_or_config_error(tmp_path, "".join(pieces).encode("utf-8", "surrogatepass"))
+
+
+# -- documents built from superd's own schema, then mutated ---------------------
+
+SCALARS = st.one_of(
+    st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.none(), st.sampled_from(["0", "127.0.0.1:0", "[::1]:0", "/bin/cat", "echo", "nowait",
+                                "wait", "tcp", "udp", "root", "nobody", "10/1", "1k", "x" * 300,
+                                "unix:/tmp/s", "1.2.3.4/33", "\x00", "daytime"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(sorted(config.SERVICE_KEYS)) |
+                                                 st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+SERVICE = st.dictionaries(st.sampled_from(sorted(config.SERVICE_KEYS)), VALUES, max_size=8)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["a", "b", "x y", "9"]), SERVICE, min_size=1, max_size=3),
+       SERVICE, st.integers(0, 3), st.data())
+def test_schema_documents_mutated_are_a_config_or_a_config_error(tmp_path, services, defaults,
+                                                                   mutation, draw):
+    text = yaml.safe_dump({"defaults": defaults, "services": services}, allow_unicode=True)
+    if mutation and text:                   # then break it: drop, repeat or splice bytes
+        at = draw.draw(st.integers(0, len(text) - 1))
+        text = [text[:at] + text[at + 1:], text[:at] + text[at:] * 2,
+                text[:at] + draw.draw(st.text(max_size=4)) + text[at:]][mutation - 1]
+    _load_or_config_error(tmp_path, text.encode("utf-8", "surrogatepass"))

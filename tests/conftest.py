@@ -12,6 +12,7 @@ by the handlers/ folder and `{tmp}` by tmp_path, so configs stay portable.
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import settings
 
@@ -169,13 +171,45 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def kill(self):
+        """SIGKILL superd and every handler it started.  Handlers run in
+        sessions of their own, so killing superd's group alone would orphan
+        the ones still running (a wait-mode handler accepts forever): the
+        group is stopped first, so it forks no more while its tree is read."""
         if self.proc.poll() is None:
+            handlers = []
             try:
+                os.killpg(self.pid, signal.SIGSTOP)
+                handlers = [_pidfd(p.pid) for p in psutil.Process(self.pid).children(recursive=True)]
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
+            for pid, fd in filter(None, handlers):
+                _kill_group_of(pid)
             self.proc.wait(TIMEOUT)
+            for pid, fd in filter(None, handlers):
+                # readable once it has exited; its reaping is init's business
+                select.select([fd], [], [], TIMEOUT)
+                os.close(fd)
         self.notify.close()
+
+
+def _pidfd(pid):
+    """(pid, a pidfd on it), or None if it has gone already."""
+    try:
+        return pid, os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _kill_group_of(pid):
+    """SIGKILL pid's own group (the handler with its children), or pid alone
+    when it leads no group."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            pass
 
 
 EXITED = "SUPERD_TEST_EXITED=1"   # sent by the log reader when stderr closes

@@ -132,7 +132,7 @@ class _Collector:
         self.problems = []
 
     def add(self, line, key, message):
-        self.problems.append(Problem(self.path, line, key, message))
+        self.problems.append(Problem(self.path, line, key, yamlfile.bounded(message)))
 
 
 def load(path, environ=None):

@@ -10,7 +10,7 @@ The input may be hostile (anyone who can write an included file), so loading
 is bounded: aliases are counted as the tree would expand, before any value is
 built (a "billion laughs" document is refused in milliseconds), a structure
 that contains itself or nests past the interpreter's stack is a problem, not a
-RecursionError, and a value quoted in a message is cut to QUOTE_MAX.
+RecursionError, and no message is longer than MESSAGE_MAX characters.
 """
 
 import yaml
@@ -34,20 +34,22 @@ class YamlProblem(Exception):
         super().__init__(message)
         self.line = line
         self.key = key
-        self.message = message
+        self.message = bounded(message)
 
 
 # Values the document may expand to, aliases counted each time they are used.
 # A services.yaml of a hundred services is a few thousand.
 MAX_VALUES = 100_000
-QUOTE_MAX = 60
+MESSAGE_MAX = 240
 
 
-def quote(value):
-    """repr(value), cut to QUOTE_MAX characters: a message never carries the
-    attacker's megabyte."""
-    text = repr(value)
-    return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX - 3] + "..."
+def bounded(message):
+    """message in at most MESSAGE_MAX characters, so that none carries the
+    attacker's megabyte: its beginning (what is wrong) and end (what to do)
+    are kept, and the middle, where a quoted value sits, is dropped."""
+    if len(message) <= MESSAGE_MAX:
+        return message
+    return message[:160] + " ... " + message[165 - MESSAGE_MAX:]
 
 
 def load(text):
@@ -59,7 +61,7 @@ def load(text):
         line = mark.line + 1 if mark else 1
         return None, [YamlProblem(line, None, f"YAML syntax: {err.problem or err}")]
     except yaml.reader.ReaderError as err:   # a control character, bad UTF-8
-        line = text.count("\n", 0, err.position) + 1 if isinstance(text, str) else 1
+        line = text.count("\n", 0, err.position) + 1
         return None, [YamlProblem(line, None, f"YAML syntax: {err.reason}, character #x{err.character:02x}"
                                   if isinstance(err.character, int) else f"YAML syntax: {err.reason}")]
     except RecursionError:
@@ -160,8 +162,8 @@ def _plain(node, constructor, problems):
         return None
     except Exception as err:   # a tag that does not fit: !!int x, !!timestamp b
         problems.append(YamlProblem(node.start_mark.line + 1, None,
-                                    f"{quote(node.value)} cannot be read as "
-                                    f"{node.tag.rpartition(':')[2]}: {quote(str(err))[1:-1]}"))
+                                    f"cannot be read as {node.tag.rpartition(':')[2]}: "
+                                    f"{node.value!r} ({err})"))
         return None
 
 

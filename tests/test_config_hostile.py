@@ -39,6 +39,7 @@ HOSTILE = [
     ("deep list", "a: " + "[" * 3000 + "]" * 3000 + "\n", 1, "nests too deeply"),
     ("deep mapping", "a: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", 1, "nests too deeply"),
     ("huge tagged int", "a: !!int " + "9" * 100_000 + "\n", 1, "cannot be read as int"),
+    ("huge string", SERVICE % ('instances: "' + "x" * 100_000 + '"'), 2, "instances"),
     ("non-string key", "services:\n  a: {listen: 0, server: /bin/cat, 7: x}\n", 2, ""),
     ("scanner error", "services:\n  a: @x\n", 2, "YAML syntax"),
     ("two documents", "a: 1\n---\nb: 2\n", 2, "YAML syntax"),

@@ -23,6 +23,7 @@ INTERNAL = {
     "daytime": ("classic.py", ("daytime",)),
     "time": ("classic.py", ("time",)),
     "httpd": ("httpd.py", ()),
+    "status": ("status.py", ()),
 }
 
 

@@ -228,6 +228,12 @@ class HttpError(Exception):
         self.headers = headers
 
 
+class Handoff(Exception):
+    """Raised inside an event loop where answering would block it (a CGI
+    program, a request body still on the wire) before a byte of the answer
+    exists: the request moves to a thread of its own (see Worker)."""
+
+
 class ClientGone(Exception):
     """The peer closed, reset or stalled: stop without answering."""
 
@@ -909,6 +915,8 @@ class Connection:
     call and a stalled peer raises ClientGone or HttpError(408); writes use
     SO_SNDTIMEO set to --timeout once."""
 
+    in_loop = False               # answering inside an event loop (LoopConnection)
+
     def __init__(self, sock, client, client_port, local, local_port, settings, log):
         self.sock = sock
         self.fd = sock.fileno()
@@ -921,18 +929,29 @@ class Connection:
         self.requests = 0
         self.opened = time.monotonic()
         self.keep = True          # may another request follow this one?
-        self.unread = 0           # request body bytes still on the wire
-        self.status = 0           # of the current response, for the log
-        self.sent = 0             # body bytes of the current response
-        self.started = False      # the current response's head is out
-        self.version = 11         # of the current request
-        sock.setblocking(True)
-        sock.setsockopt(SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(settings.timeout))
+        self.begin()
         if sock.family != _socket.AF_UNIX:
             try:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self.make_blocking()
+
+    def begin(self):
+        """Forget the last exchange: a new request is awaited."""
+        self.unread = 0           # request body bytes still on the wire
+        self.status = 0           # of the current response, for the log
+        self.sent = 0             # body bytes of the current response
+        self.started = False      # the current response's head is out
+        self.version = 11         # of the current request
+        self.line = None          # the current request line, for the log
+        self.request = None       # the current Request, once parsed
+
+    def make_blocking(self):
+        """Blocking reads bound by SO_RCVTIMEO, writes by SO_SNDTIMEO."""
+        self.sock.setblocking(True)
+        self.rcvtimeo = None
+        self.sock.setsockopt(SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(self.settings.timeout))
 
     # -- reading ----------------------------------------------------------
     def recv(self, timeout, size=65536):
@@ -1022,6 +1041,8 @@ class Connection:
 
     def fill(self):
         """Append body bytes from the socket to buf; raise on EOF or timeout."""
+        if self.in_loop:          # never reached: Worker.admit reads bodies first
+            raise Handoff("a body read inside the loop")
         try:
             data = self.recv(self.body_timeout())
         except TimeoutError:
@@ -1151,6 +1172,14 @@ class Connection:
             offset += n
             count -= n
             self.sent += n
+
+    def release(self, fd):
+        """A file send_file opened is done with here (a loop may keep it)."""
+        os.close(fd)
+
+    def logged(self):
+        """The exchange is over: write its access-log line."""
+        self.log.access(self, self.line, self.request)
 
     def close(self):
         """Close; if unread bytes may follow, linger (RFC 9112 9.6) so the
@@ -1386,7 +1415,7 @@ def send_file(conn, request, path, ctype, fields):
         else:
             send_multipart(conn, request, fields, fd, ctype, size, ranges)
     finally:
-        os.close(fd)
+        conn.release(fd)
 
 
 def send_body(conn, request, head, fd, ranges):
@@ -1485,6 +1514,7 @@ SIGNALS_TO_RESET = tuple(sorted(set(valid_signals()) - {SIGKILL, SIGSTOP}))
 # program uses after start-up is absolute, so its own folder does not matter.
 CHDIR_LOCK = _thread.allocate_lock()
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+CGI_PIDS = set()            # CGI programs running now: a hasty exit kills their groups
 POLLIN = select.POLLIN
 
 
@@ -1658,6 +1688,7 @@ class CgiRun:
         """Relay the whole answer; return a local redirect's Location or None."""
         conn = self.conn
         self.pid, self.stdout = spawn_script(self.script, env, stdin_fd, conn.log.child_fd())
+        CGI_PIDS.add(self.pid)
         try:
             poller = select.poll()
             poller.register(self.stdout, POLLIN)
@@ -1866,6 +1897,7 @@ class CgiRun:
                                    % (self.script.name, pid))
                 self.kill()
             done, status = os.waitpid(pid, 0)
+        CGI_PIDS.discard(pid)
         self.pid = None
         code = os.waitstatus_to_exitcode(status)
         if code > 0:
@@ -1904,6 +1936,8 @@ def run_cgi(conn, request, script, depth):
     """Run a CGI program for the request; follow its local redirects."""
     if request.method not in CGI_METHODS:
         raise HttpError(405, headers=("Allow: " + CGI_ALLOW,))
+    if conn.in_loop:
+        raise Handoff("a CGI program")
     stdin_fd, length = conn.log.devnull_fd(), None
     if request.chunked or request.length:
         stdin_fd, length = body_file(conn, request)
@@ -1985,47 +2019,70 @@ def answer_error(conn, request, exc):
     send_simple(conn, exc.status, fields, body, head_only)
 
 
+def start_request(conn, head):
+    """Parse a request head and set the connection's state by it."""
+    settings = conn.settings
+    conn.requests += 1
+    conn.line = head.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
+    request = parse_head(head, settings.max_line, settings.max_headers)
+    conn.request = request
+    conn.version = request.version
+    conn.unread = -1 if request.chunked else request.length
+    if not request.keep_alive or not settings.keepalive_timeout:
+        conn.keep = False
+    return request
+
+
+def exchange(conn, work, *args):
+    """Do work(conn, *args), the reading and answering of one request, and
+    keep Rule 1 for it: an HttpError is answered, a ClientGone closes in
+    silence, anything else is a 500 and a logged traceback.  Logs the
+    exchange, and returns False if there is none to log (the client left
+    or idled out before a request, work returned False) or the client went
+    away.  A Handoff passes through, nothing answered."""
+    log = conn.log
+    try:
+        if work(conn, *args) is False:
+            return False
+    except HttpError as exc:
+        answer_error(conn, conn.request, exc)
+        conn.line = "-" if conn.line is None else conn.line
+    except ClientGone:
+        conn.keep = False
+        conn.buf, conn.unread = b"", 0      # the peer is gone: no lingering
+        if conn.line is not None or conn.status:
+            log.access(conn, conn.line, conn.request, status=conn.status or 499)
+        return False
+    except Handoff:
+        raise
+    except Exception:
+        import traceback
+        log.diag("internal error: " + traceback.format_exc().replace("\n", " | "))
+        conn.keep = False
+        if not conn.started:
+            send_simple(conn, 500, ("Content-Type: text/html; charset=utf-8",),
+                        error_page(500))
+    conn.logged()
+    return True
+
+
+def read_and_answer(conn):
+    """Blocking: read the next request's head, then answer it; False if
+    the client closed or idled out first."""
+    head = conn.read_head()
+    if head is None:
+        return False
+    dispatch(conn, start_request(conn, head))
+
+
 def serve_connection(conn):
     """The keep-alive loop: read a request, answer it, log it; until the
     client leaves, a timeout passes, or a request asks for (or forces) close."""
-    settings = conn.settings
-    log = conn.log
     try:
         while conn.keep:
-            conn.status = conn.sent = conn.unread = 0
-            conn.started = False
-            conn.version = 11
-            request = None
-            line = None
-            try:
-                head = conn.read_head()
-                if head is None:
-                    break
-                conn.requests += 1
-                line = head.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
-                request = parse_head(head, settings.max_line, settings.max_headers)
-                conn.version = request.version
-                conn.unread = -1 if request.chunked else request.length
-                if not request.keep_alive or not settings.keepalive_timeout:
-                    conn.keep = False
-                dispatch(conn, request)
-            except HttpError as exc:
-                answer_error(conn, request, exc)
-                line = "-" if line is None else line
-            except ClientGone:
-                conn.keep = False
-                conn.buf, conn.unread = b"", 0      # the peer is gone: no lingering
-                if line is not None or conn.status:
-                    log.access(conn, line, request, status=conn.status or 499)
+            conn.begin()
+            if not exchange(conn, read_and_answer):
                 break
-            except Exception:
-                import traceback
-                log.diag("internal error: " + traceback.format_exc().replace("\n", " | "))
-                conn.keep = False
-                if not conn.started:
-                    send_simple(conn, 500, ("Content-Type: text/html; charset=utf-8",),
-                                error_page(500))
-            log.access(conn, line, request)
     except ClientGone:
         conn.buf, conn.unread = b"", 0          # the peer is gone: no lingering
     finally:
@@ -2111,7 +2168,687 @@ def stderr_is_private():
 
 
 # =========================================================================
-# 7. Launch: find the socket, serve one client or accept for ourselves
+# 7. Events: the worker loop of the long-lived modes
+# =========================================================================
+
+# The loop's states for a client (LoopConnection.state):
+READING = "reading"         # awaiting (more of) a request head; may be idle
+BODY = "body"               # a short request body is arriving into buf
+WRITING = "writing"         # an answer is queued in out; the socket is full
+THREAD = "thread"           # a thread owns the connection (CGI, a long body)
+LINGER = "linger"           # half-closed; reading and dropping until EOF
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+LOOP_BODY = 64 << 10        # most request body bytes the loop gathers in memory
+SMALL_FILE = 16 << 10       # a file answer this short goes out in one send with its head
+ACCEPT_BATCH = 16           # most accepts per wake-up: leave some for the other workers
+ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM
+LINGER_TIME = 2.0           # seconds a closing connection drains what the peer still sends
+LINGER_BYTES = 1 << 20
+_BLANK = b"\r\n"
+
+
+class LoopConnection(Connection):
+    """A client of a Worker: a non-blocking socket the loop never waits on.
+
+    Inside the loop (in_loop) nothing here blocks: send() and sendfile()
+    only queue what is to go out, in order, in `out` (bytes, or (fd,
+    offset, count) for sendfile), and the Worker writes it as the socket
+    takes it; the files queued are closed once sent.  A request body is
+    never read here: Worker.admit() waits until a short one is in buf, and
+    hands anything else to a thread.  In that thread (in_loop False) this
+    is a plain blocking Connection again, with every timeout of the
+    per-connection mode, until the Worker takes the connection back."""
+
+    in_loop = True
+
+    def __init__(self, sock, client, client_port, local, local_port, settings, log):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.settings = settings
+        self.log = log
+        self.client, self.client_port = client, client_port
+        self.local, self.local_port = local, local_port
+        self.buf = b""
+        self.rcvtimeo = None
+        self.requests = 0
+        self.opened = time.monotonic()
+        self.keep = True
+        self.begin()
+        self.out = []             # what is still to be written, in order
+        self.files = []           # fds to close once out is empty
+        self.state = READING
+        self.events = 0           # what the epoll registration watches
+        self.deadline = NO_LIMIT  # when the current wait ends (see Worker.expire)
+        self.timer_at = NO_LIMIT  # when this connection's earliest timer entry fires
+        self.head_by = NO_LIMIT   # when the head now arriving must be complete
+        self.blank = 0            # empty lines before the current request
+        self.pending = False      # an access-log line waits for out to drain
+        self.closed = False
+        self.body_started = self.body_received = 0
+        if sock.family != _socket.AF_UNIX:
+            try:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def send(self, data, more=False):
+        if not self.in_loop:
+            return Connection.send(self, data, more)
+        self.out.append(data)
+
+    def sendfile(self, fd, offset, count):
+        if not self.in_loop:
+            return Connection.sendfile(self, fd, offset, count)
+        if count <= SMALL_FILE:
+            data = os.pread(fd, count, offset)      # with its head, in one send
+            if len(data) < count:
+                raise ClientGone("file shrank while being sent")
+            self.out.append(data)
+        else:
+            self.out.append((fd, offset, count))
+            if fd not in self.files:
+                self.files.append(fd)
+        self.sent += count
+
+    def release(self, fd):
+        if fd not in self.files:
+            os.close(fd)
+
+    def logged(self):
+        if self.in_loop and self.out:
+            self.pending = True   # Worker.written() logs it, with what was sent
+        else:
+            self.log.access(self, self.line, self.request)
+
+    def take_head(self):
+        """The next request head from buf, or None until it is complete;
+        raises HttpError (400, 414, 431) as read_head does."""
+        settings = self.settings
+        buf = self.buf
+        if buf[:1] in (b"\r", b"\n"):
+            stripped = buf.lstrip(_BLANK)
+            self.blank += len(buf) - len(stripped)
+            self.buf = buf = stripped
+            if self.blank > settings.max_line:
+                raise HttpError(400, "too many empty lines", close=True)
+        if not buf:
+            return None
+        found = find_head_end(buf)
+        if found is not None and found[0] <= settings.max_header_size:
+            self.buf = buf[found[1]:]
+            return buf[:found[0]]
+        if found is not None or len(buf) > settings.max_header_size:
+            if buf.find(b"\n", 0, settings.max_line + 1) < 0:
+                raise HttpError(414, "request line too long", close=True)
+            raise HttpError(431, "header section too large", close=True)
+        return None
+
+    def unsent(self):
+        """Body bytes counted in sent that are still queued."""
+        return sum(item[2] for item in self.out if type(item) is tuple)
+
+    def drop_files(self):
+        for fd in self.files:
+            os.close(fd)
+        self.files = []
+        self.out = []
+
+
+def answer_current(conn):
+    dispatch(conn, conn.request)
+
+
+def refuse(conn, exc):
+    raise exc
+
+
+def _ignore_signal(signum, frame):
+    """The byte signal.set_wakeup_fd writes is the event; see Worker.woken."""
+
+
+class Worker:
+    """One worker process: one epoll loop over non-blocking sockets.
+
+    It owns the listening sockets' watch (not the sockets), every client it
+    accepts (a LoopConnection, `conns`), one timer heap, and a wake-up pipe
+    that signals and threads write to.  What it promises:
+
+    Rule 1: nothing in the loop blocks.  Heads are parsed as bytes arrive,
+            answers are queued and written as the socket takes them, files
+            go by os.sendfile; a CGI program, a chunked or a long request
+            body runs in a thread of its own (Handoff), the connection out
+            of the loop until the thread gives it back.
+    Rule 2: every connection has a deadline while it waits, as in the
+            per-connection mode: --header-timeout for a head, the
+            keep-alive timeout when idle, --timeout (and MIN_BODY_RATE) for
+            a body, --timeout of no progress for an answer.
+    Rule 3: at most --max-connections clients; beyond that the listeners
+            are not watched and new clients wait in the kernel's backlog.
+    Rule 4: TERM (or "s" or end of file on `control`, from the first
+            process) stops it: no more accepting, idle connections closed
+            at once, answers in flight finished, then each closed; a second
+            TERM (or "h") kills the CGI programs and leaves at once.
+    Rule 5: answers leave in request order: a pipelined request is read
+            from buf only once the answer before it is written.
+    """
+
+    def __init__(self, listeners, settings, log, control=None, children=(),
+                 clock=time.monotonic):
+        self.settings = settings
+        self.log = log
+        self.clock = clock
+        self.poller = select.epoll()
+        self.listeners = {}       # fd -> (socket, its (host, port) or None if a wildcard)
+        for sock in listeners:
+            local = endpoint(sock.getsockname())
+            self.listeners[sock.fileno()] = (sock, None if local[0] in ("0.0.0.0", "::")
+                                             else local)
+        self.watching = False     # whether the listeners are in the poller
+        self.resume_at = NO_LIMIT  # accepting paused by EMFILE and the like until then
+        self.conns = {}           # fd -> LoopConnection, threads' included
+        import _heapq             # here: the per-connection mode needs no timers
+        self.push, self.pop = _heapq.heappush, _heapq.heappop
+        self.timers = []          # heap of (when, seq, conn); see set_deadline
+        self.seq = 0
+        self.returned = []        # connections threads have finished with
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.control = control    # pipe from the first process, or None
+        self.children = {}        # pidfd -> pid of the other workers (first process)
+        for pid, _w in children:
+            self.children[os.pidfd_open(pid)] = pid
+        self.child_pipes = [w for _pid, w in children]
+        self.stopping = False     # no more accepting; leave when the clients are gone
+        self.terms = 0
+        self.last = clock()       # when the last client left
+
+    # -- the loop -------------------------------------------------------------
+    def run(self):
+        import _signal
+        _signal.set_wakeup_fd(self.wake_w)
+        _signal.signal(_signal.SIGTERM, _ignore_signal)
+        poller = self.poller
+        poller.register(self.wake_r, EPOLLIN)
+        if self.control is not None:
+            poller.register(self.control, EPOLLIN)
+        for pidfd in self.children:
+            poller.register(pidfd, EPOLLIN)
+        self.watch_listeners(True)
+        conns, listeners = self.conns, self.listeners
+        while not (self.stopping and not conns and not self.children):
+            timeout = self.next_wait()
+            if timeout is None:
+                self.stop(idle=True)
+                continue
+            for fd, event in poller.poll(timeout):
+                conn = conns.get(fd)
+                if conn is not None:
+                    if conn.state is WRITING:
+                        self.write(conn)
+                    elif conn.state is LINGER:
+                        self.drain(conn)
+                    else:
+                        self.readable(conn)
+                elif fd in listeners:
+                    self.accept(*listeners[fd])
+                elif fd == self.wake_r:
+                    self.woken()
+                elif fd == self.control:
+                    self.told()
+                elif fd in self.children:
+                    self.reap(fd)
+            self.expire()
+
+    def next_wait(self):
+        """The poll timeout in seconds (-1: none), or None to leave, idle."""
+        now = self.clock()
+        when = min(self.timers[0][0] if self.timers else NO_LIMIT, self.resume_at)
+        if not self.conns and not self.stopping:
+            idle_until = self.last + self.settings.idle_exit
+            if idle_until <= now:
+                return None
+            when = min(when, idle_until)
+        if when == NO_LIMIT:
+            return -1
+        return min(max(when - now, 0) + 0.0005, MAX_WAIT)
+
+    def set_deadline(self, conn, when):
+        """conn's wait ends at when.  Each connection has at most one live
+        heap entry (at timer_at), plus stale ones that expire() skips; a
+        later deadline is noticed when its entry fires, so a keep-alive
+        request costs no heap push unless its deadline comes sooner."""
+        conn.deadline = when
+        if when < conn.timer_at:
+            conn.timer_at = when
+            self.seq += 1
+            self.push(self.timers, (when, self.seq, conn))
+
+    def expire(self):
+        timers = self.timers
+        if not timers:
+            if self.resume_at <= self.clock():
+                self.resume_at = NO_LIMIT
+                self.watch_listeners(True)
+            return
+        now = self.clock()
+        if self.resume_at <= now:
+            self.resume_at = NO_LIMIT
+            self.watch_listeners(True)
+        while timers and timers[0][0] <= now:
+            when, _seq, conn = self.pop(timers)
+            if conn.closed or when != conn.timer_at:
+                continue
+            conn.timer_at = NO_LIMIT
+            if conn.deadline <= now:
+                self.timed_out(conn)
+            elif conn.deadline != NO_LIMIT:
+                self.set_deadline(conn, conn.deadline)
+
+    def watch(self, conn, events):
+        if conn.events != events:
+            if conn.events:
+                self.poller.modify(conn.fd, events)
+            else:
+                self.poller.register(conn.fd, events)
+            conn.events = events
+
+    def unwatch(self, conn):
+        if conn.events:
+            self.poller.unregister(conn.fd)
+            conn.events = 0
+
+    # -- accepting ----------------------------------------------------------
+    def watch_listeners(self, on):
+        on = on and not self.stopping and len(self.conns) < self.settings.max_connections \
+            and self.resume_at == NO_LIMIT
+        if on == self.watching:
+            return
+        for fd in self.listeners:
+            if on:
+                self.poller.register(fd, EPOLLIN | EPOLLEXCLUSIVE)
+            else:
+                self.poller.unregister(fd)
+        self.watching = on
+
+    def accept(self, listener, local):
+        settings = self.settings
+        for _ in range(ACCEPT_BATCH):
+            if len(self.conns) >= settings.max_connections:
+                self.watch_listeners(False)
+                return
+            try:
+                fd, address = listener._accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return                   # another worker took it, or it left
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self.log.diag("accept: %s; pausing for %gs" % (exc.strerror, ACCEPT_PAUSE))
+                self.resume_at = self.clock() + ACCEPT_PAUSE
+                self.watch_listeners(False)
+                return
+            sock = _socket.socket(listener.family, listener.type, 0, fd)
+            sock.setblocking(False)
+            host, port = endpoint(address)
+            conn = LoopConnection(sock, host, port, *(local or socket_end(sock.getsockname)),
+                                  settings, self.log)
+            self.conns[fd] = conn
+            conn.head_by = conn.opened + settings.header_timeout
+            self.watch(conn, EPOLLIN)
+            self.set_deadline(conn, conn.head_by)
+
+    # -- reading --------------------------------------------------------------
+    def readable(self, conn):
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self.peer_closed(conn)
+        if conn.buf:
+            conn.buf += data
+        else:
+            conn.buf = data
+        if conn.state is BODY:
+            conn.body_received += len(data)
+            self.body_wait(conn)
+        else:
+            self.advance(conn)
+
+    def peer_closed(self, conn):
+        """End of file (or a reset) from the client while we read."""
+        if conn.state is BODY:        # as ClientGone inside a body: logged 499
+            conn.log.access(conn, conn.line, conn.request, status=499)
+        conn.buf, conn.unread = b"", 0
+        self.close(conn)
+
+    def advance(self, conn):
+        """Answer what buf holds, request after request (Rule 5), until it
+        holds no whole head, an answer waits for the socket, or the
+        connection is handed off or closed."""
+        settings = self.settings
+        while conn.state is READING and not conn.closed:
+            conn.begin()
+            try:
+                head = conn.take_head()
+            except HttpError as exc:
+                return self.answer(conn, refuse, exc)
+            if head is None:          # the clock of a head starts at its first byte
+                if (conn.buf or conn.blank) and conn.head_by == NO_LIMIT:
+                    conn.head_by = self.clock() + settings.header_timeout
+                if conn.head_by != NO_LIMIT:
+                    self.set_deadline(conn, conn.head_by)
+                if self.stopping and not conn.buf:
+                    self.close(conn)
+                return
+            conn.head_by = NO_LIMIT
+            conn.blank = 0
+            self.answer(conn, self.admit, head)
+
+    def admit(self, conn, head):
+        """exchange() work: parse the head, then answer in the loop, wait
+        for a short body first (BODY), or hand the request to a thread."""
+        request = start_request(conn, head)
+        if self.stopping:
+            conn.keep = False
+        if request.chunked:
+            raise Handoff("a chunked request body")
+        if request.length and "expect" not in request.headers:
+            if request.length <= LOOP_BODY and len(conn.buf) < request.length:
+                conn.state = BODY
+                conn.body_started = self.clock()
+                conn.body_received = len(conn.buf)
+                self.body_wait(conn)
+                return False
+        dispatch(conn, request)
+
+    def body_wait(self, conn):
+        """A short body is arriving: answer once it is all in buf; else
+        wait, by the per-connection mode's rule (Connection.body_timeout)."""
+        if len(conn.buf) >= conn.request.length:
+            conn.state = READING
+            return self.answer(conn, answer_current)
+        timeout = self.settings.timeout
+        now = self.clock()
+        self.set_deadline(conn, min(now + timeout, conn.body_started + timeout
+                                    + conn.body_received / MIN_BODY_RATE))
+
+    def answer(self, conn, work, *args):
+        """Run one exchange in the loop, then write what it queued."""
+        try:
+            answered = exchange(conn, work, *args)
+        except Handoff:
+            return self.hand_off(conn)
+        if conn.state is BODY:
+            return
+        if not answered and conn.out:   # ClientGone inside the loop: drop the answer
+            return self.close(conn, linger=False)
+        if conn.out:
+            conn.state = WRITING
+            self.write(conn)
+        else:                       # nothing to send: gone, or idled out
+            self.close(conn)
+
+    def timed_out(self, conn):
+        """conn's deadline passed (Rule 2)."""
+        state = conn.state
+        if state is READING:
+            if conn.buf.strip(_BLANK):
+                conn.begin()
+                self.answer(conn, refuse, HttpError(408, "request head too slow", close=True))
+            else:
+                self.close(conn)    # idle, or only empty lines: silently
+        elif state is BODY:
+            conn.state = READING
+            self.answer(conn, refuse, HttpError(408, "request body too slow", close=True))
+        elif state is WRITING:
+            self.gone(conn, "send timed out")
+        elif state is LINGER:
+            self.close(conn, linger=False)
+
+    # -- writing --------------------------------------------------------------
+    def write(self, conn):
+        """Write out as much as the socket takes; then the next request."""
+        out = conn.out
+        fd = conn.fd
+        try:
+            while out:
+                item = out[0]
+                if type(item) is tuple:
+                    src, offset, count = item
+                    n = os.sendfile(fd, src, offset, count)
+                    if n == 0:
+                        raise ClientGone("file shrank while being sent")
+                    if n < count:
+                        out[0] = (src, offset + n, count - n)
+                        break
+                    del out[0]
+                    continue
+                if len(out) > 1 and type(out[1]) is not tuple:
+                    k = 2                 # bytes after bytes: one send
+                    while k < len(out) and type(out[k]) is not tuple:
+                        k += 1
+                    out[:k] = [b"".join(out[:k])]
+                    item = out[0]
+                n = conn.sock.send(item, _socket.MSG_MORE if len(out) > 1 else 0)
+                if n < len(item):
+                    out[0] = item[n:]
+                    break
+                del out[0]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, OSError) as exc:
+            return self.gone(conn, "client closed while we were sending: %s" % exc)
+        except ClientGone as exc:
+            return self.gone(conn, str(exc))
+        if out:
+            self.watch(conn, EPOLLOUT)
+            self.set_deadline(conn, self.clock() + self.settings.timeout)
+            return
+        self.written(conn)
+
+    def written(self, conn):
+        """The answer is all out: log it, then close or read on."""
+        for src in conn.files:
+            os.close(src)
+        conn.files = []
+        if conn.pending:
+            conn.pending = False
+            conn.log.access(conn, conn.line, conn.request)
+        if not conn.keep or self.stopping:
+            return self.close(conn)
+        conn.state = READING
+        self.watch(conn, EPOLLIN)
+        self.set_deadline(conn, self.clock() + self.settings.keepalive_timeout)
+        if conn.buf:
+            self.advance(conn)
+
+    def gone(self, conn, why):
+        """The client left, or stalled, while its answer was written."""
+        if conn.pending:
+            conn.pending = False
+            conn.sent -= conn.unsent()
+            conn.log.access(conn, conn.line, conn.request, status=conn.status or 499)
+        conn.buf, conn.unread = b"", 0
+        self.close(conn, linger=False)
+
+    # -- threads --------------------------------------------------------------
+    def hand_off(self, conn):
+        """The connection leaves the loop for a thread (Rule 1)."""
+        self.unwatch(conn)
+        conn.state = THREAD
+        conn.deadline = NO_LIMIT
+        conn.in_loop = False
+        _thread.stack_size(512 << 10)
+        _thread.start_new_thread(self.in_thread, (conn,))
+
+    def in_thread(self, conn):
+        """A thread's whole life: answer conn's current request by the
+        blocking code, then give the connection back (closed if done)."""
+        try:
+            conn.make_blocking()
+            if not exchange(conn, answer_current):
+                conn.keep = False
+        except ClientGone:
+            conn.keep = False
+            conn.buf, conn.unread = b"", 0
+        except BaseException as exc:    # never a traceback out of a thread
+            conn.keep = False
+            conn.log.diag("connection failed: %r" % exc)
+        finally:
+            if not conn.keep or self.stopping:
+                conn.close()
+                conn.closed = True
+            self.returned.append(conn)
+            try:
+                os.write(self.wake_w, b"\0")
+            except OSError:
+                pass            # the pipe is full: the loop is awake anyway
+
+    def woken(self):
+        """Bytes on the wake-up pipe: signals, and threads that are done."""
+        try:
+            data = os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            data = b""
+        import _signal
+        for _ in range(data.count(_signal.SIGTERM)):
+            self.terminated()
+        returned, self.returned = self.returned, []
+        for conn in returned:
+            if conn.closed:
+                self.forget(conn)
+                continue
+            conn.in_loop = True
+            conn.sock.setblocking(False)
+            conn.state = READING
+            self.watch(conn, EPOLLIN)
+            self.set_deadline(conn, self.clock() + self.settings.keepalive_timeout)
+            if conn.buf:
+                self.advance(conn)
+
+    # -- closing --------------------------------------------------------------
+    def close(self, conn, linger=True):
+        """Close a client; if unread bytes may follow, linger (RFC 9112 9.6)."""
+        if conn.closed:
+            return
+        conn.drop_files()
+        if linger and (conn.buf or conn.unread) and conn.state is not LINGER:
+            try:
+                conn.sock.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                conn.state = LINGER
+                conn.buf = b""
+                conn.body_received = 0
+                self.watch(conn, EPOLLIN)
+                self.set_deadline(conn, self.clock() + LINGER_TIME)
+                return
+        self.unwatch(conn)
+        conn.closed = True
+        conn.sock.close()
+        self.forget(conn)
+
+    def drain(self, conn):
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.body_received += len(data)
+        if not data or conn.body_received >= LINGER_BYTES:
+            self.close(conn, linger=False)
+
+    def forget(self, conn):
+        if self.conns.pop(conn.fd, None) is not None and not self.conns:
+            self.last = self.clock()
+        self.watch_listeners(True)
+
+    # -- stopping -------------------------------------------------------------
+    def terminated(self):
+        """A TERM: the first stops (Rule 4), the second hurries."""
+        self.terms += 1
+        if self.terms == 1:
+            self.stop()
+        else:
+            self.hurry()
+
+    def told(self):
+        """The first process wrote on our pipe, or died (end of file)."""
+        try:
+            data = os.read(self.control, 64)
+        except BlockingIOError:
+            return
+        if b"h" in data:
+            self.hurry()
+        elif data == b"" or b"s" in data:
+            if not data:
+                self.poller.unregister(self.control)
+                os.close(self.control)
+                self.control = None
+            self.stop()
+
+    def stop(self, idle=False):
+        """Accept no more; close idle clients now, the others once answered.
+        Idle (after --idle-exit), the first process leaves its workers be."""
+        if not idle:
+            self.tell(b"s")
+        if self.stopping:
+            return
+        self.stopping = True
+        self.watch_listeners(False)
+        for conn in list(self.conns.values()):
+            conn.keep = False
+            if conn.state is READING and not conn.buf.strip(_BLANK):
+                self.close(conn)
+
+    def hurry(self):
+        """Leave at once: CGI programs killed with their groups, the other
+        workers told to do the same; each client is simply closed."""
+        self.tell(b"h")
+        for pid in list(CGI_PIDS):
+            try:
+                os.killpg(pid, SIGKILL)
+            except OSError:
+                pass
+        for pid in self.children.values():
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if self.control is None:          # the first process: give the socket back
+            for sock, _local in self.listeners.values():
+                try:
+                    sock.setblocking(True)
+                except OSError:
+                    pass
+        os._exit(0)
+
+    def tell(self, what):
+        for w in self.child_pipes:
+            try:
+                os.write(w, what)
+            except OSError:
+                pass
+
+    def reap(self, pidfd):
+        pid = self.children.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+# =========================================================================
+# 8. Launch: find the socket, serve one client or accept for ourselves
 # =========================================================================
 
 def listen_fds():
@@ -2189,117 +2926,33 @@ def socket_end(name):
         return "-", 0
 
 
-class Acceptor:
-    """Accept for ourselves (inetd wait, systemd Accept=no): one thread per
-    client, at most --max-connections at once (beyond that, clients wait in
-    the kernel's backlog), until --idle-exit seconds pass without a client,
-    or until the first worker goes away (its pipe, `parent`, reaches EOF):
-    then stop accepting and let the clients being served finish."""
-
-    def __init__(self, listeners, settings, log, parent=None):
-        import threading
-        threading.stack_size(512 << 10)
-        self.threading = threading
-        self.listeners = {sock.fileno(): sock for sock in listeners}
-        self.settings = settings
-        self.log = log
-        self.parent = parent
-        self.state = threading.Condition()
-        self.active = 0
-        self.last = time.monotonic()     # when the last client left
-
-    def run(self):
-        poller = select.poll()
-        for fd in self.listeners:
-            poller.register(fd, POLLIN)
-        if self.parent is not None:
-            poller.register(self.parent, POLLIN)
-        while True:
-            timeout = self.wait_for_room()
-            if timeout is None:
-                return
-            for fd, _event in poller.poll(timeout):
-                if fd == self.parent:
-                    with self.state:
-                        self.state.wait_for(lambda: self.active == 0)
-                    return
-                self.accept(self.listeners[fd])
-
-    def wait_for_room(self):
-        """Block while at --max-connections; then the poll timeout in ms
-        (-1: none), or None when idle long enough to leave."""
-        settings = self.settings
-        with self.state:
-            while self.active >= settings.max_connections:
-                self.state.wait()
-            if settings.idle_exit == NO_LIMIT:
-                return -1
-            left = settings.idle_exit
-            if self.active == 0:
-                left = self.last + settings.idle_exit - time.monotonic()
-                if left <= 0:
-                    return None
-            return poll_ms(left)
-
-    def accept(self, listener):
-        try:
-            fd, address = listener._accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return                       # another worker took it, or it left
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                raise
-            self.log.diag("accept: %s; pausing until a client leaves" % exc.strerror)
-            with self.state:
-                self.state.wait(1.0)
-            return
-        sock = _socket.socket(listener.family, listener.type, 0, fd)
-        with self.state:
-            self.active += 1
-        self.threading.Thread(target=self.client, args=(sock, address), daemon=True).start()
-
-    def client(self, sock, address):
-        try:
-            host, port = endpoint(address)
-            local, local_port = endpoint(sock.getsockname())
-            serve_connection(Connection(sock, host, port, local, local_port,
-                                        self.settings, self.log))
-        except Exception as exc:
-            self.log.diag("connection failed: %r" % exc)
-        finally:
-            with self.state:
-                self.active -= 1
-                self.last = time.monotonic()
-                self.state.notify_all()
-
-
 def serve_listeners(listeners, settings, log):
-    """Accept for ourselves in --workers processes, each with its threads.
+    """Accept for ourselves in --workers processes, each one Worker loop.
 
-    The extra workers are forked before any thread exists; each leaves when
-    idle, or when this process dies (the pipe they watch reaches EOF).  This
-    process leaves last, after its workers, so a launcher that watches it
-    never sees the socket in use by an orphan.  The listeners are
-    non-blocking while we own them, blocking again when we leave."""
+    The extra workers are forked first, each with a pipe from this process
+    (its `control`); each leaves when idle, when told to stop or hurry,
+    or when this process dies (the pipe reaches end of file).  This process
+    leaves last, after its workers, so a launcher that watches it never
+    sees the socket in use by an orphan.  The listeners are non-blocking
+    while we own them, blocking again when we leave."""
     for sock in listeners:
         sock.setblocking(False)
-    workers = []
+    workers = []                      # (pid, the write end of its pipe)
     try:
-        if settings.workers > 1:
-            alive_r, alive_w = os.pipe()
-            for _ in range(settings.workers - 1):
-                pid = os.fork()
-                if pid == 0:
-                    os.close(alive_w)
-                    try:
-                        Acceptor(listeners, settings, log, parent=alive_r).run()
-                    finally:
-                        os._exit(0)
-                workers.append(pid)
-            os.close(alive_r)
-        Acceptor(listeners, settings, log).run()
-        for pid in workers:
-            os.waitpid(pid, 0)
+        for _ in range(settings.workers - 1):
+            control, tell = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                os.close(tell)
+                for _pid, w in workers:
+                    os.close(w)
+                try:
+                    Worker(listeners, settings, log, control=control).run()
+                finally:
+                    os._exit(0)
+            os.close(control)
+            workers.append((pid, tell))
+        Worker(listeners, settings, log, children=workers).run()
     finally:
         for sock in listeners:
             try:

@@ -698,6 +698,7 @@ a { color: inherit; }
 .card, figure, table { background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
 .card { padding: 8px 12px; color: var(--muted); }
 .card b { display: block; font-size: 1.45rem; color: var(--fg); }
+.card b .sub { font-size: .95rem; font-weight: 400; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 440px), 1fr));
   gap: 12px; }
 figure { margin: 0; padding: 10px 12px; min-width: 0; }
@@ -759,11 +760,10 @@ SCRIPT = r"""
     }
     return out;
   }
-  function ceiling(v) {
-    if (!(v > 0)) return 1;
-    var p = Math.pow(10, Math.floor(Math.log(v) / Math.LN10)), steps = [1, 2, 2.5, 5, 10];
-    for (var i = 0; i < steps.length; i++) if (v <= steps[i] * p) return steps[i] * p;
-    return 10 * p;
+  function tickStep(max) {           // 1, 2 or 5 times a power of ten: about 4 ticks
+    if (!(max > 0)) return 0.25;
+    var raw = max / 4, p = Math.pow(10, Math.floor(Math.log(raw) / Math.LN10));
+    return (raw <= p ? 1 : raw <= 2 * p ? 2 : raw <= 5 * p ? 5 : 10) * p;
   }
   function label(v) { return v >= 10 ? v.toFixed(0) : String(parseFloat(v.toPrecision(3))); }
   function clock(t) {
@@ -798,20 +798,21 @@ SCRIPT = r"""
     var left = 40, right = 8, top = 8, bottom = 22;
     var t1 = times[times.length - 1], t0 = Math.min(times[0], t1 - 60), max = 0;
     series.forEach(function (s) { s.rates.forEach(function (v) { if (v > max) max = v; }); });
-    max = ceiling(max);
+    var step = tickStep(max), ticks = Math.max(1, Math.ceil(max / step - 1e-9));
+    max = ticks * step;
     function x(t) { return left + (t - t0) / (t1 - t0) * (w - left - right); }
     function y(v) { return top + (1 - v / max) * (h - top - bottom); }
     var svg = node("svg", {viewBox: "0 0 " + w + " " + h, width: w, height: h, role: "img",
                            "aria-label": figure.querySelector("figcaption").textContent}, plot);
-    for (var i = 0; i <= 4; i++) {
-      var v = max * i / 4;
+    for (var i = 0; i <= ticks; i++) {
+      var v = step * i;
       node("line", {"class": "grid", x1: left, x2: w - right, y1: y(v), y2: y(v)}, svg);
       node("text", {"class": "axis", x: left - 5, y: y(v) + 4, "text-anchor": "end"},
            svg).textContent = label(v);
     }
-    var step = [60, 300, 600, 900, 1800, 3600].filter(function (s) {
+    var every = [60, 300, 600, 900, 1800, 3600].filter(function (s) {
       return (t1 - t0) / s <= Math.max(2, Math.floor(w / 110)); })[0] || 3600;
-    for (var t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    for (var t = Math.ceil(t0 / every) * every; t <= t1; t += every) {
       node("text", {"class": "axis", x: x(t), y: h - 6, "text-anchor": "middle"},
            svg).textContent = clock(t);
     }

@@ -561,3 +561,206 @@ def test_accepting_for_itself_leaves_when_idle(listening):
         sock.sendall(request("/status.json", headers=[("Connection", "close")]))
         assert read_all(sock).endswith(DOCUMENT)
     assert proc.wait(TIMEOUT) == 0
+
+
+# -------------------------------------------------------------------------
+# the page in headless Chromium
+# -------------------------------------------------------------------------
+
+class Browser(WebDriver):
+    """test_httpd_browser's WebDriver, and the few calls more that a page check needs."""
+
+    def start(self, args, phone=False):
+        options = {"binary": CHROMIUM, "args": args}
+        if phone:                     # a phone's viewport: the page's viewport meta is honoured
+            options["mobileEmulation"] = {"deviceMetrics": {"width": 390, "height": 844,
+                                                            "pixelRatio": 2}}
+        value = self.call("POST", "/session", {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "goog:chromeOptions": options}}})
+        self.session = "/session/" + value["sessionId"]
+        self.call("POST", self.session + "/timeouts", {"implicit": 20000, "pageLoad": 30000})
+
+    def execute(self, script):
+        return self.call("POST", self.session + "/execute/sync", {"script": script, "args": []})
+
+    def window(self, width, height):
+        self.call("POST", self.session + "/window/rect", {"width": width, "height": height})
+
+    def screenshot(self):
+        return base64.b64decode(self.call("GET", self.session + "/screenshot"))
+
+
+@pytest.fixture
+def browser(procs, tmp_path):
+    """Factory: browser(phone=False) -> a Browser with a session; quit at teardown."""
+    assert Path(CHROMIUM).exists(), "chromium is not installed (.ci/run installs it)"
+    assert Path(CHROMEDRIVER).exists(), "chromium-driver is not installed (.ci/run installs it)"
+    sessions = []
+
+    def start(phone=False):
+        proc = procs([CHROMEDRIVER, "--port=0"], stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL)
+        port = int(Lines(proc.stdout).wait_for(r"started successfully on port (\d+)").group(1))
+        driver = Browser(port)
+        sessions.append(driver)
+        driver.start(chromium_flags(tmp_path / ("profile%d" % len(sessions))), phone=phone)
+        return driver
+
+    yield start
+    for driver in sessions:
+        driver.quit()
+
+
+# What the page shows, read from its DOM.
+READ_PAGE = """
+var rows = function (id) {
+  return Array.prototype.map.call(document.querySelectorAll("#" + id + " tbody tr"),
+                                  function (tr) { return tr.cells[0].textContent; });
+};
+var charts = {};
+document.querySelectorAll("figure[data-series]").forEach(function (figure) {
+  charts[figure.getAttribute("data-series")] = {
+    top: figure.getBoundingClientRect().top,
+    lines: Array.prototype.map.call(figure.querySelectorAll("svg polyline"), function (line) {
+      var points = [];
+      for (var i = 0; i < line.points.numberOfItems; i++) {
+        points.push([line.points.getItem(i).x, line.points.getItem(i).y]);
+      }
+      return {name: line.getAttribute("data-name"), points: points};
+    }),
+    legend: Array.prototype.map.call(figure.querySelectorAll(".legend li"),
+                                     function (li) { return li.textContent.trim(); })};
+});
+return {title: document.title, services: rows("services"), connections: rows("connections"),
+        refusals: rows("refusals"), charts: charts, scripts: document.scripts.length,
+        width: window.innerWidth, scrollWidth: document.documentElement.scrollWidth};
+"""
+
+
+def read_page(driver, url):
+    driver.go(url)
+    return driver.execute(READ_PAGE)
+
+
+def check_page(page):
+    """The page's DOM against the fixture: tables, and charts drawn from the history."""
+    assert page["title"] == "superd on " + os.uname().nodename        # no script of the name's ran
+    assert page["services"] == ["web", HOSTILE] and page["connections"] == ["17", "18"]
+    assert page["refusals"] == ["only_from", "per_source"] and page["scripts"] == 2
+    accepted, refused = page["charts"]["accepted"], page["charts"]["refused"]
+    assert [line["name"] for line in accepted["lines"]] == [HOSTILE, "web", "all"]
+    assert accepted["legend"] == [HOSTILE, "web", "all"]
+    lines = {line["name"]: line["points"] for line in accepted["lines"]}
+    assert all(len(points) == 59 for points in lines.values())       # a rate per pair of samples
+    xs = [x for x, _ in lines["web"]]
+    assert xs == sorted(xs) and len(set(xs)) == 59
+    assert len({y for _, y in lines["web"]}) == 1                      # 0.3/s throughout
+    assert lines["web"][0][1] < lines[HOSTILE][0][1]                  # above 0.1/s
+    assert [line["name"] for line in refused["lines"]] == ["web"]
+    assert len(refused["lines"][0]["points"]) == 59
+    assert page["scrollWidth"] <= page["width"], "the page scrolls sideways"
+
+
+def png_colours(data, enough=64):
+    """How many colours an 8-bit RGB or RGBA PNG has (counting stops at enough)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", chunk[:10])
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    assert depth == 8 and colour in (2, 6), (depth, colour)
+    bpp = 3 if colour == 2 else 4
+    raw, stride = zlib.decompress(b"".join(idat)), width * bpp
+    previous, colours = bytearray(stride), set()
+    for y in range(height):
+        start = y * (stride + 1)
+        line = unfilter(raw[start], bytearray(raw[start + 1:start + 1 + stride]), previous, bpp)
+        colours.update(bytes(line[x:x + bpp]) for x in range(0, stride, bpp * 7))
+        if len(colours) >= enough:
+            break
+        previous = line
+    return len(colours)
+
+
+def unfilter(kind, line, previous, bpp):
+    """One scanline of a PNG with its filter (RFC 2083 section 6) undone."""
+    if kind == 2:
+        return bytearray((a + b) & 255 for a, b in zip(line, previous))
+    for i in range(len(line)) if kind else ():
+        left = line[i - bpp] if i >= bpp else 0
+        up, corner = previous[i], previous[i - bpp] if i >= bpp else 0
+        if kind == 1:
+            line[i] = (line[i] + left) & 255
+        elif kind == 3:
+            line[i] = (line[i] + (left + up) // 2) & 255
+        elif kind == 4:
+            p = left + up - corner
+            pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+            line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+    return line
+
+
+def test_the_page_in_chromium_on_a_wide_screen(listening, browser, tmp_path):
+    address, _proc, log = listening()
+    driver = browser()
+    driver.window(1400, 1000)
+    page = read_page(driver, "http://%s:%d/" % address)
+    check_page(page)
+    charts = page["charts"]
+    assert charts["accepted"]["top"] == charts["refused"]["top"]      # side by side
+    shot = driver.screenshot()
+    (tmp_path / "wide.png").write_bytes(shot)
+    assert png_colours(shot) >= 16
+    assert "Traceback" not in log.text()
+
+
+def test_the_page_in_chromium_on_a_phone(listening, browser, tmp_path):
+    address, _proc, _log = listening()
+    driver = browser(phone=True)
+    page = read_page(driver, "http://%s:%d/" % address)
+    assert page["width"] == 390                       # the viewport meta is honoured
+    check_page(page)
+    charts = page["charts"]
+    assert charts["accepted"]["top"] < charts["refused"]["top"]       # one above the other
+    shot = driver.screenshot()
+    (tmp_path / "phone.png").write_bytes(shot)
+    assert png_colours(shot) >= 16
+
+
+# -------------------------------------------------------------------------
+# internal: status under a real superd
+# -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["nowait", "wait"])
+def test_internal_status_under_superd(superd, control, mode):
+    """superd starts the bundled handler for `internal: status` (nowait: one
+    per connection; wait: one that accepts for itself).  --control names the
+    fixture's socket, so the answer is the fixture's whatever superd's own
+    control socket says."""
+    server = control()
+    daemon = superd("""
+services:
+  status:
+    listen: 127.0.0.1:0
+    mode: %s
+    internal: status
+    args: [--control, "%s"]
+    stderr: log
+""" % (mode, server.path))
+    address = daemon.address("status")
+    conn = http.client.HTTPConnection(*address, timeout=TIMEOUT)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    assert response.status == 200
+    found = families(response.read().decode())
+    assert values(found["superd_connections_accepted"])[
+        ("superd_connections_accepted_total", (("service", "web"),))] == 10
+    conn.request("GET", "/status.json")
+    assert conn.getresponse().read() == DOCUMENT
+    conn.close()
+    assert "Traceback" not in daemon.log.text()

@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse(argv):
-    parser = _Parser(prog="superd", description="An inetd-style super-server.")
+    parser = _Parser(prog="superd", description="An inetd-style super-server.",
+                     epilog="superd import FILE... writes a services.yaml from inetd.conf or "
+                            "xinetd files (superd import --help; superd(8), IMPORTING).")
     parser.add_argument("-f", "--config", metavar="FILE",
                         help="services file (default: $SUPERD_CONFIG, ./etc/services.yaml, "
                              "/etc/superd/services.yaml, then the packaged default)")
@@ -37,6 +39,8 @@ def parse(argv):
     parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
     parser.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
                         help="on TERM, how long handlers may finish before they are killed (10)")
+    parser.add_argument("--print-example", action="store_true",
+                        help="print the packaged example services.yaml and exit")
     parser.add_argument("--version", action="version", version=f"superd {__version__}")
     return parser.parse_args(argv)
 
@@ -54,7 +58,14 @@ def _seconds(text):
 
 
 def main(argv=None):
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from superd import importer
+        sys.exit(importer.main(argv[1:]))
+    args = parse(argv)
+    if args.print_example:
+        sys.stdout.write(configuration.example_text())
+        sys.exit(EX_OK)
     path = args.config or configuration.default_path()
     if args.check:
         sys.exit(check(path))

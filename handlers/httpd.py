@@ -1177,6 +1177,10 @@ class Connection:
         """A file send_file opened is done with here (a loop may keep it)."""
         os.close(fd)
 
+    def note_file(self, path, st, fields):
+        """send_file is about to answer 200 with this whole file (a loop
+        may remember the answer: see Worker.remember)."""
+
     def logged(self):
         """The exchange is over: write its access-log line."""
         self.log.access(self, self.line, self.request)
@@ -1401,8 +1405,9 @@ def send_file(conn, request, path, ctype, fields):
                 ranges = parse_range(field, size)
         fields.append("Accept-Ranges: bytes")
         if ranges is None:
-            head = conn.head(200, fields + ["Content-Type: " + ctype,
-                                            "Content-Length: %d" % size])
+            fields += ["Content-Type: " + ctype, "Content-Length: %d" % size]
+            conn.note_file(path, st, fields)
+            head = conn.head(200, fields)
             send_body(conn, request, head, fd, ((0, size - 1),) if size else ())
         elif not ranges:
             raise HttpError(416, headers=(VARY, "Content-Range: bytes */%d" % size))
@@ -2227,6 +2232,7 @@ class LoopConnection(Connection):
         self.blank = 0            # empty lines before the current request
         self.pending = False      # an access-log line waits for out to drain
         self.closed = False
+        self.noted = None         # (path, stat, fields, body) of a small file answer
         self.body_started = self.body_received = 0
         if sock.family != _socket.AF_UNIX:
             try:
@@ -2239,6 +2245,10 @@ class LoopConnection(Connection):
             return Connection.send(self, data, more)
         self.out.append(data)
 
+    def note_file(self, path, st, fields):
+        if self.in_loop and st.st_size <= SMALL_FILE:
+            self.noted = [path, st, fields, b""]
+
     def sendfile(self, fd, offset, count):
         if not self.in_loop:
             return Connection.sendfile(self, fd, offset, count)
@@ -2247,6 +2257,8 @@ class LoopConnection(Connection):
             if len(data) < count:
                 raise ClientGone("file shrank while being sent")
             self.out.append(data)
+            if self.noted is not None:
+                self.noted[3] = data
         else:
             self.out.append((fd, offset, count))
             if fd not in self.files:
@@ -2295,6 +2307,40 @@ class LoopConnection(Connection):
             os.close(fd)
         self.files = []
         self.out = []
+
+
+# Request fields that make an answer depend on more than the file itself.
+UNCACHED_FIELDS = frozenset(("range", "if-range", "if-match", "if-none-match",
+                             "if-modified-since", "if-unmodified-since", "expect"))
+ANSWERS = 256               # most answers a Worker remembers
+ANSWER_TTL = 1.0            # seconds before a remembered answer is resolved afresh
+
+
+class Answer:
+    """A small file's 200 answer to one exact request head, as a Worker
+    remembers it: parse_head is a pure function of the head's bytes, and the
+    answer is the file's, so a head seen before needs neither parsing nor
+    resolving again, only an os.stat() that shows the path still names the
+    same unchanged file (inode, size, mtime and ctime).  Every ANSWER_TTL
+    seconds the request goes the whole way again, so that a file that
+    appears beside it (page.txt.gz) or a moved link is noticed (Rule 3
+    holds: the bytes kept are those a full resolve chose)."""
+
+    __slots__ = ("line", "request", "path", "key", "fields", "body", "made", "heads")
+
+    def __init__(self, line, request, path, st, fields, body, made):
+        self.line = line
+        self.request = request
+        self.path = path
+        self.key = file_key(st)
+        self.fields = fields
+        self.body = body
+        self.made = made
+        self.heads = {}           # (Date line, keep, version) -> the encoded head
+
+
+def file_key(st):
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def answer_current(conn):
@@ -2354,6 +2400,7 @@ class Worker:
         self.timers = []          # heap of (when, seq, conn); see set_deadline
         self.seq = 0
         self.returned = []        # connections threads have finished with
+        self.answers = {}         # request head -> Answer (oldest first)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = control    # pipe from the first process, or None
         self.children = {}        # pidfd -> pid of the other workers (first process)
@@ -2547,7 +2594,12 @@ class Worker:
                 return
             conn.head_by = NO_LIMIT
             conn.blank = 0
-            self.answer(conn, self.admit, head)
+            answer = self.answers.get(head)
+            if answer is not None and self.replay(conn, head, answer):
+                conn.state = WRITING
+                self.write(conn)
+            else:
+                self.answer(conn, self.admit, head)
 
     def admit(self, conn, head):
         """exchange() work: parse the head, then answer in the loop, wait
@@ -2564,7 +2616,53 @@ class Worker:
                 conn.body_received = len(conn.buf)
                 self.body_wait(conn)
                 return False
+        conn.noted = None
         dispatch(conn, request)
+        if conn.noted is not None:
+            self.remember(conn, head)
+
+    def remember(self, conn, head):
+        """Keep the small file answer just queued for this head (Answer)."""
+        path, st, fields, body = conn.noted
+        conn.noted = None
+        request = conn.request
+        if (request.method not in ("GET", "HEAD") or conn.status != 200
+                or not UNCACHED_FIELDS.isdisjoint(request.headers)):
+            return
+        answers = self.answers
+        if len(answers) >= ANSWERS:
+            del answers[next(iter(answers))]          # the oldest
+        answers[head] = Answer(conn.line, request, path, st, fields,
+                               body if request.method == "GET" else b"", self.clock())
+
+    def replay(self, conn, head, answer):
+        """Answer from a remembered Answer, if it still holds; else False."""
+        if self.clock() - answer.made > ANSWER_TTL:
+            del self.answers[head]
+            return False
+        try:
+            key = file_key(os.stat(answer.path))
+        except OSError:
+            key = None
+        if key != answer.key:
+            del self.answers[head]
+            return False
+        request = answer.request
+        conn.requests += 1
+        conn.line, conn.request, conn.version = answer.line, request, request.version
+        if not request.keep_alive or not self.settings.keepalive_timeout or self.stopping:
+            conn.keep = False
+        date = date_and_server()
+        which = (date, conn.keep, conn.version)
+        encoded = answer.heads.get(which)
+        if encoded is None:
+            answer.heads.clear()
+            encoded = answer.heads[which] = conn.head(200, answer.fields)
+        conn.status = 200
+        conn.sent = len(answer.body)
+        conn.out.append(encoded + answer.body if answer.body else encoded)
+        conn.pending = True
+        return True
 
     def body_wait(self, conn):
         """A short body is arriving: answer once it is all in buf; else

@@ -206,9 +206,10 @@ def fetch_status(path, timeout, limit):
     if not path:
         raise ControlError("no control socket: SUPERD_CONTROL is not set")
     deadline = time.monotonic() + timeout
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock = None
     chunks, size = [], 0
     try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)   # EMFILE: a 503 too
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(STATUS_REQUEST)
@@ -230,7 +231,8 @@ def fetch_status(path, timeout, limit):
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ControlError("control socket %s: %s" % (path, reason)) from None
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
     raw = b"".join(chunks)
     return raw, parse_document(raw)
 
@@ -253,8 +255,8 @@ def parse_document(raw):
 
 def printable(text, limit):
     """text with control characters replaced, at most limit characters."""
-    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return text + ("..." if len(text) >= limit else "")
+    shown = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 # =========================================================================
@@ -532,9 +534,14 @@ SERVICE_COLUMNS = (("Service", False), ("Listening on", False), ("Mode", False),
                    ("Mean run", True))
 
 
+def outcome_order(pair):
+    """ok, failed, signaled, timeout, then any other outcome by name."""
+    return (OUTCOMES.index(pair[0]) if pair[0] in OUTCOMES else len(OUTCOMES), pair[0])
+
+
 def service_row(svc):
     refused = counts(svc.get("refused"))
-    exits = [(k, v) for k, v in counts(svc.get("exits"))]
+    exits = sorted(counts(svc.get("exits")), key=outcome_order)
     duration = mapping(svc.get("duration"))
     runs, total = finite(duration.get("count")), finite(duration.get("sum"))
     limit = svc.get("instances")
@@ -627,7 +634,9 @@ def daemon_line(doc):
 
 def render_page(doc, nonce, refresh=None):
     """The whole page, as text."""
-    now = finite(daemon(doc).get("now")) or time.time()
+    now = finite(daemon(doc).get("now"))
+    if now is None or not 0 <= now < 1e11:        # gmtime() takes no year past 5138
+        now = time.time()
     host = os.uname().nodename
     meta = '<meta http-equiv="refresh" content="%d">' % refresh if refresh else ""
     rows = [service_row(s) for s in services(doc)]
@@ -1064,9 +1073,9 @@ def page_answer(raw, doc, request):
     """(content type, body, extra fields) of /: the page, with a fresh nonce
     for its style and script; ?refresh=N (5 to 3600) reloads it every N s."""
     nonce = os.urandom(12).hex()
-    refresh = request.query.partition("refresh=")[2].partition("&")[0]
-    refresh = int(refresh) if refresh.isascii() and refresh.isdigit() else None
-    refresh = min(max(refresh, 5), 3600) if refresh else None
+    asked = [v for k, _, v in (p.partition("=") for p in request.query.split("&"))
+             if k == "refresh" and v.isascii() and v.isdigit()]
+    refresh = min(max(int(asked[0]), 5), 3600) if asked and int(asked[0]) else None
     policy = ("default-src 'none'; style-src 'nonce-%s'; script-src 'nonce-%s'; img-src data:; "
               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'" % (nonce, nonce))
     body = render_page(doc, nonce, refresh).encode("utf-8", "replace")
@@ -1264,7 +1273,13 @@ class Acceptor:
                 if wait is None:
                     return 0
                 for fd, _events in poller.poll(wait):
-                    self.accept(self.listeners[fd])
+                    if not self.accept(self.listeners[fd]):
+                        poller.unregister(fd)
+                        del self.listeners[fd]
+                if not self.listeners:            # none listens any more: finish and leave
+                    with self.state:
+                        self.state.wait_for(lambda: self.active == 0)
+                    return 0
         finally:
             for sock in self.listeners.values():
                 sock.setblocking(True)
@@ -1285,21 +1300,28 @@ class Acceptor:
             return int(min(left, 86400) * 1000) + 1
 
     def accept(self, listener):
+        """Accept one client and start its thread.  False when the socket
+        no longer listens (shut down by its owner); other failures wait."""
         try:
             fd, _address = listener._accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return                        # taken by another process, or gone
+            return True                   # taken by another process, or gone
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                raise
+            if exc.errno in (errno.EINVAL, errno.EBADF, errno.ENOTSOCK, errno.EOPNOTSUPP):
+                return False
             self.log.diag("accept: %s; waiting for a client to leave" % exc.strerror)
             with self.state:
                 self.state.wait(1.0)      # or until a client ends and gives an fd back
-            return
+            return True
         sock = _socket.socket(listener.family, listener.type, 0, fd)
         with self.state:
             self.active += 1
-        self.threading.Thread(target=self.client, args=(sock,), daemon=True).start()
+        try:
+            self.threading.Thread(target=self.client, args=(sock,), daemon=True).start()
+        except RuntimeError:              # no thread to be had: this client goes
+            sock.close()
+            self.ended()
+        return True
 
     def client(self, sock):
         try:
@@ -1307,10 +1329,13 @@ class Acceptor:
         except Exception as exc:          # a thread's failure never ends the others
             self.log.diag("connection failed: %r" % exc)
         finally:
-            with self.state:
-                self.active -= 1
-                self.last = time.monotonic()
-                self.state.notify_all()
+            self.ended()
+
+    def ended(self):
+        with self.state:
+            self.active -= 1
+            self.last = time.monotonic()
+            self.state.notify_all()
 
 
 def serve(sockets, settings, log):

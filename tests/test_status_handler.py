@@ -35,8 +35,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import connect, read_all
-from test_httpd_browser import (BROWSER_TIMEOUT, CHROMEDRIVER, CHROMIUM, WebDriver,
-                                chromium_flags, procs)
+from test_httpd_browser import CHROMEDRIVER, CHROMIUM, WebDriver, chromium_flags, procs
 from test_httpd_support import Lines, Reader, kill_group, request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,6 +318,17 @@ def test_the_page_is_served_with_a_policy_that_loads_nothing(status):
     assert policy.startswith("default-src 'none';")
     nonce = policy.partition("script-src 'nonce-")[2].partition("'")[0]
     assert len(nonce) >= 16 and ('<script nonce="%s">' % nonce).encode() in response.body
+    assert b'http-equiv="refresh"' not in response.body
+
+
+@pytest.mark.parametrize("query, seconds", [("refresh=10", 10), ("a=b&refresh=1", 5),
+                                            ("refresh=99999", 3600), ("refresh=0", None),
+                                            ("xrefresh=10", None), ("refresh=ten", None)])
+def test_the_page_reloads_itself_when_asked(status, query, seconds):
+    body = status().get("/?" + query).body
+    meta = (b'<meta http-equiv="refresh" content="%d">' % seconds if seconds
+            else b'http-equiv="refresh"')
+    assert (meta in body) == bool(seconds)
 
 
 class Cells(HTMLParser):

@@ -384,6 +384,11 @@ def _overlap(a, b):
     return a.host == b.host or a.host in families or b.host in families
 
 
+def example_text():
+    """The packaged services file, which superd --print-example prints."""
+    return Path(__file__).with_name("default.yaml").read_text()
+
+
 def default_path(environ=None, cwd=None):
     """The file superd reads without -f (see DESIGN.md, 'The daemon')."""
     environ = os.environ if environ is None else environ

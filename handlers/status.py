@@ -120,7 +120,7 @@ OPTIONS = (
     ("--keepalive-timeout", "keepalive_timeout", _seconds, 5.0,
      "SECONDS: close an idle persistent connection after this long (0: no keep-alive)"),
     ("--timeout", "timeout", _limit, 30.0,
-     "SECONDS: give up on a client that takes none of an answer for this long (0: no limit)"),
+     "SECONDS: give up on a client that has not taken a whole answer in this long (0: no limit)"),
     ("--max-connections", "max_connections", _count, 32,
      "N: accepting for itself, serve at most N clients at once"),
     ("--idle-exit", "idle_exit", _limit, NO_LIMIT,

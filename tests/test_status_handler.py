@@ -711,7 +711,8 @@ def unfilter(kind, line, previous, bpp):
         elif kind == 4:
             p = left + up - corner
             pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-            line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+            best = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+            line[i] = (line[i] + best) & 255
     return line
 
 
@@ -746,22 +747,24 @@ def test_the_page_in_chromium_on_a_phone(listening, browser, tmp_path):
 # internal: status under a real superd
 # -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["nowait", "wait"])
-def test_internal_status_under_superd(superd, control, mode):
+@pytest.mark.parametrize("mode, preload", [("nowait", "false"), ("nowait", "true"),
+                                           ("wait", "false")])
+def test_internal_status_under_superd(superd, control, mode, preload):
     """superd starts the bundled handler for `internal: status` (nowait: one
-    per connection; wait: one that accepts for itself).  --control names the
-    fixture's socket, so the answer is the fixture's whatever superd's own
-    control socket says."""
+    per connection, exec'd or forked from a warm interpreter; wait: one that
+    accepts for itself).  --control names the fixture's socket, so the
+    answer is the fixture's whatever superd's own control socket says."""
     server = control()
     daemon = superd("""
 services:
   status:
     listen: 127.0.0.1:0
     mode: %s
+    preload: %s
     internal: status
     args: [--control, "%s"]
     stderr: log
-""" % (mode, server.path))
+""" % (mode, preload, server.path))
     address = daemon.address("status")
     conn = http.client.HTTPConnection(*address, timeout=TIMEOUT)
     conn.request("GET", "/metrics")

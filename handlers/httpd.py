@@ -234,6 +234,12 @@ class Handoff(Exception):
     exists: the request moves to a thread of its own (see Worker)."""
 
 
+class AwaitBody(Handoff):
+    """Raised inside an event loop where a short request body must be read
+    but has not all arrived, before a byte of it is taken from the buffer:
+    the loop waits for it, then answers the request again from the start."""
+
+
 class ClientGone(Exception):
     """The peer closed, reset or stalled: stop without answering."""
 
@@ -2269,6 +2275,15 @@ class LoopConnection(Connection):
         if fd not in self.files:
             os.close(fd)
 
+    def read_body(self, request, limit, sink):
+        """In the loop, only a body already in buf: otherwise raise before
+        taking any of it, AwaitBody for a short one, Handoff for the rest."""
+        if self.in_loop and (request.chunked or len(self.buf) < request.length):
+            if request.chunked or request.length > LOOP_BODY:
+                raise Handoff("a long request body")
+            raise AwaitBody("a short request body")
+        return Connection.read_body(self, request, limit, sink)
+
     def logged(self):
         if self.in_loop and self.out:
             self.pending = True   # Worker.written() logs it, with what was sent
@@ -2602,20 +2617,11 @@ class Worker:
                 self.answer(conn, self.admit, head)
 
     def admit(self, conn, head):
-        """exchange() work: parse the head, then answer in the loop, wait
-        for a short body first (BODY), or hand the request to a thread."""
+        """exchange() work: parse the head and answer it (in the loop, or by
+        AwaitBody and Handoff, later or elsewhere)."""
         request = start_request(conn, head)
         if self.stopping:
             conn.keep = False
-        if request.chunked:
-            raise Handoff("a chunked request body")
-        if request.length and "expect" not in request.headers:
-            if request.length <= LOOP_BODY and len(conn.buf) < request.length:
-                conn.state = BODY
-                conn.body_started = self.clock()
-                conn.body_received = len(conn.buf)
-                self.body_wait(conn)
-                return False
         conn.noted = None
         dispatch(conn, request)
         if conn.noted is not None:
@@ -2679,10 +2685,13 @@ class Worker:
         """Run one exchange in the loop, then write what it queued."""
         try:
             answered = exchange(conn, work, *args)
+        except AwaitBody:
+            conn.state = BODY
+            conn.body_started = self.clock()
+            conn.body_received = len(conn.buf)
+            return self.body_wait(conn)
         except Handoff:
             return self.hand_off(conn)
-        if conn.state is BODY:
-            return
         if not answered and conn.out:   # ClientGone inside the loop: drop the answer
             return self.close(conn, linger=False)
         if conn.out:

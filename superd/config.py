@@ -11,6 +11,7 @@ The per-service keys are rows of `SERVICE_KEYS`; a key that is not a row is
 an error, never ignored.
 """
 
+import difflib
 import grp
 import os
 import pwd
@@ -122,37 +123,68 @@ SERVICE_KEYS = {
 NOWAIT_ONLY = ("only_from", "no_access", "per_source", "per_source_v6_prefix",
                "per_source_rate", "proxy_protocol", "proxy_from", "proxy_timeout")
 NOT_IN_DEFAULTS = {"listen", "server", "internal"}
+TOP_KEYS = ("defaults", "services", "include")
+# What xinetd and inetd.conf call a key, for the message about an unknown key.
+FOREIGN_KEYS = {
+    "server_args": "args", "socket_type": "protocol", "port": "listen", "bind": "listen",
+    "interface": "listen", "wait": "mode", "disable": "enabled", "cps": "rate",
+    "rlimit_as": "rlimits", "rlimit_cpu": "rlimits", "rlimit_files": "rlimits",
+    "rlimit_data": "rlimits", "rlimit_stack": "rlimits", "id": "a service's name",
+}
+INCLUDED_SUFFIXES = (".yaml", ".yml")
 
 
 class _Collector:
-    """Problems found so far in one file."""
+    """Problems found so far in one file.  An included file's collector shares
+    the main file's list, and files a problem about a `defaults.` key under the
+    main file, where defaults are written."""
 
-    def __init__(self, path):
+    def __init__(self, path, problems=None, main=None):
         self.path = str(path)
-        self.problems = []
+        self.main = str(main or path)
+        self.problems = [] if problems is None else problems
 
     def add(self, line, key, message):
-        self.problems.append(Problem(self.path, line, key, yamlfile.bounded(message)))
+        path = self.main if str(key or "").startswith("defaults.") else self.path
+        self.problems.append(Problem(path, line, key, yamlfile.bounded(message)))
+
+
+def unknown(key, known):
+    """'unknown key', and the key meant, if a near or a foreign one names it."""
+    text = str(key)
+    if text in FOREIGN_KEYS and text not in known:
+        return (f"unknown key (xinetd's {text} is {FOREIGN_KEYS[text]} here; "
+                "superd import converts xinetd and inetd.conf files)")
+    close = difflib.get_close_matches(text, list(known), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
 def load(path, environ=None):
     """Read and validate path; return a Config or raise ConfigError."""
     path = Path(path).absolute()
     found = _Collector(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        found.add(0, None, f"cannot read: {getattr(err, 'strerror', None) or err}")
-        raise ConfigError(found.problems) from None
-    tree, yaml_problems = yamlfile.load(text)
-    for p in yaml_problems:
-        found.add(p.line, p.key, p.message)
-    services = _top_level(tree, found, path.parent, os.environ if environ is None else environ)
-    _check_addresses(services, found)
+    tree = _read(path, found)
+    if found.problems:
+        raise ConfigError(found.problems)
+    services, origins = _top_level(tree, found, path.parent, os.environ if environ is None else environ)
+    _check_addresses(services, origins)
     if found.problems:
         # an error in defaults is found once per service that inherits it
         raise ConfigError(dict.fromkeys(found.problems))
     return Config(str(path), tuple(services))
+
+
+def _read(path, found):
+    """The YAML tree of path; what is wrong with it goes to found."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        found.add(0, None, f"cannot read: {getattr(err, 'strerror', None) or err}")
+        return None
+    tree, yaml_problems = yamlfile.load(text)
+    for p in yaml_problems:
+        found.add(p.line, p.key, p.message)
+    return tree
 
 
 def _is_extension(key):
@@ -162,15 +194,16 @@ def _is_extension(key):
 
 
 def _top_level(tree, found, folder, environ):
+    """(services, {name: the collector of its file}) of the main file and its includes."""
     if found.problems:
-        return []
+        return [], {}
     if not isinstance(tree, yamlfile.Located):
         found.add(1, None, "expected a mapping with a 'services' key")
-        return []
+        return [], {}
     for key in tree:
-        if key not in ("defaults", "services") and not _is_extension(key):
-            found.add(tree.lines[key], key,
-                      "unknown top-level key (expected defaults, services, or x-NAME)")
+        if key not in TOP_KEYS and not _is_extension(key):
+            found.add(tree.lines[key], key, unknown(key, TOP_KEYS).replace("key", "top-level key", 1)
+                      + "; expected defaults, services, include, or x-NAME")
     defaults = tree.get("defaults") or yamlfile.Located(tree.line)
     if not isinstance(defaults, yamlfile.Located):
         found.add(tree.lines["defaults"], "defaults", "expected a mapping of service settings")
@@ -178,24 +211,90 @@ def _top_level(tree, found, folder, environ):
     for key in defaults:
         if key in NOT_IN_DEFAULTS:
             found.add(defaults.lines[key], f"defaults.{key}", "not allowed in defaults")
+    before = len(found.problems)
+    tables = _included(tree, found, folder)
+    if "services" not in tree and not tables and len(found.problems) > before:
+        return [], {}             # what the include folders hold is wrong: said already
     table = tree.get("services")
-    if not isinstance(table, yamlfile.Located) or not table:
-        found.add(tree.lines.get("services", tree.line), "services",
-                  "expected a mapping of service name to settings")
+    if "services" in tree or not tables:
+        if not isinstance(table, yamlfile.Located) or not (table or tables):
+            found.add(tree.lines.get("services", tree.line), "services",
+                      "expected a mapping of service name to settings")
+            return [], {}
+        tables.insert(0, (table, found, folder))
+    return _services(tables, defaults, environ)
+
+
+def _services(tables, defaults, environ):
+    """Every service of every (table, collector, folder); a name given twice is an error."""
+    services, origins, first = [], {}, {}
+    for table, found, folder in tables:
+        for name, settings in table.items():
+            line = table.lines[name]
+            if not values.is_service_name(name):
+                why = ("a service name is letters, digits, '.', '_' and '-' (it becomes "
+                       "SUPERD_SERVICE and LISTEN_FDNAMES)")
+                if not isinstance(name, str):
+                    why = f"YAML reads this name as {name!r}, not text: quote it"
+                found.add(line, f"services.{name}", why)
+                continue
+            if name in first:
+                found.add(line, f"services.{name}", f"service {name!r} is defined twice "
+                          f"(first at {first[name]})")
+                continue
+            first[name] = f"{found.path}:{line}"
+            service = _service(str(name), line, settings, defaults, found, folder, environ)
+            if service is not None:
+                services.append(service)
+                origins[service.name] = found
+    return services, origins
+
+
+def _included(tree, found, folder):
+    """[(services table, collector, folder)] of each file in the `include` folders:
+    every NAME.yaml or NAME.yml, by name; others (backups, .dpkg-old) are not read."""
+    if "include" not in tree:
         return []
-    services = []
-    for name, settings in table.items():
-        if not values.is_service_name(name):
-            why = ("a service name is letters, digits, '.', '_' and '-' (it becomes "
-                   "SUPERD_SERVICE and LISTEN_FDNAMES)")
-            if not isinstance(name, str):
-                why = f"YAML reads this name as {name!r}, not text: quote it"
-            found.add(table.lines[name], f"services.{name}", why)
+    line = tree.lines["include"]
+    raw = tree["include"]
+    try:
+        folders = values.string_list(raw if isinstance(raw, list) else [raw])
+    except ValueError as err:
+        found.add(line, "include", f"expected a folder or a list of folders: {err}")
+        return []
+    tables = []
+    for text in folders:
+        where = Path(folder, text)
+        try:
+            names = sorted(os.listdir(where))
+        except OSError as err:
+            found.add(line, "include", f"cannot read folder {where}: {err.strerror}")
             continue
-        service = _service(str(name), table.lines[name], settings, defaults, found, folder, environ)
-        if service is not None:
-            services.append(service)
-    return services
+        for name in names:
+            path = where / name
+            if name.endswith(INCLUDED_SUFFIXES) and not name.startswith(".") and path.is_file():
+                table = _included_file(path, found)
+                if table is not None:
+                    tables.append((table, _Collector(path, found.problems, found.path), path.parent))
+    return tables
+
+
+def _included_file(path, found):
+    """The services table of one included file, or None after its problems are filed."""
+    mine = _Collector(path, found.problems, found.path)
+    before = len(found.problems)
+    tree = _read(path, mine)
+    if len(found.problems) > before:
+        return None
+    if not isinstance(tree, yamlfile.Located) or not isinstance(tree.get("services"), yamlfile.Located):
+        line = tree.lines.get("services", tree.line) if isinstance(tree, yamlfile.Located) else 1
+        mine.add(line, "services", "expected a mapping of service name to settings")
+        return None
+    for key in tree:
+        if key != "services" and not _is_extension(key):
+            why = ("belongs in the main file" if key in TOP_KEYS else unknown(key, ("services",)))
+            mine.add(tree.lines[key], key, why + " (an included file has services and x-NAME keys)")
+    return tree["services"]
 
 
 def _service(name, line, settings, defaults, found, folder, environ):
@@ -210,7 +309,7 @@ def _service(name, line, settings, defaults, found, folder, environ):
                 continue
             convert = SERVICE_KEYS.get(key)
             if convert is None:
-                found.add(source.lines[key], f"{prefix}.{key}", "unknown key")
+                found.add(source.lines[key], f"{prefix}.{key}", unknown(key, SERVICE_KEYS))
                 continue
             try:
                 merged[key] = (convert(raw), source.lines[key], f"{prefix}.{key}")
@@ -347,7 +446,7 @@ def _absolute_unix(address, folder):
     return values.Address("unix", path=os.path.normpath(Path(folder, address.path)))
 
 
-def _check_addresses(services, found):
+def _check_addresses(services, origins):
     """Two enabled services may not share an address (port 0 excepted).
 
     Overlaps count too: a bare PORT (every address, both families) or
@@ -362,7 +461,7 @@ def _check_addresses(services, found):
                 continue
             for other, owner, protocol in seen:
                 if protocol == service.protocol and _overlap(address, other):
-                    found.add(service.line, f"services.{service.name}.listen",
+                    origins[service.name].add(service.line, f"services.{service.name}.listen",
                               f"{address.text} overlaps {other.text} of service {owner!r}")
                     break
             else:

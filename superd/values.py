@@ -10,6 +10,7 @@ bind and that the ready-file prints.
 import ipaddress
 import math
 import re
+import socket
 from dataclasses import dataclass
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -272,8 +273,23 @@ def port_number(text):
     return int(text)
 
 
+SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+_.-]*")
+
+
+def port(text):
+    """A port number, or a service name /etc/services gives a port (daytime, http),
+    as inetd.conf names them: looked up once, here, never per connection."""
+    if not SERVICE_NAME.fullmatch(text):
+        return port_number(text)
+    try:
+        return socket.getservbyname(text)
+    except (OSError, UnicodeError):
+        raise ValueError(f"bad port {text!r}: not a number, nor a service name in /etc/services") from None
+
+
 def address(value):
-    """Parse PORT | HOST:PORT | [V6]:PORT | unix:/path (path made absolute later)."""
+    """Parse PORT | HOST:PORT | [V6]:PORT | unix:/path (path made absolute later).
+    PORT may be a name from /etc/services."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value:
@@ -284,15 +300,21 @@ def address(value):
         return Address("unix", path=value[5:])
     if value.isdigit():
         return Address("inet", "", port_number(value))
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)", value)
+    if SERVICE_NAME.fullmatch(value):
+        try:
+            return Address("inet", "", port(value))
+        except ValueError:
+            raise ValueError(f"cannot parse address {value!r}: not a port, nor a service name in "
+                             "/etc/services (expected PORT, NAME, HOST:PORT, [V6]:PORT or unix:/path)") from None
+    m = re.fullmatch(r"\[([^\]]+)\]:([^:]+)", value)
     if m:
-        host, port = m.group(1), m.group(2)
+        host, service = m.group(1), m.group(2)
         try:
             ip = ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"bad IPv6 address in {value!r}") from None
-        return Address("inet", str(ip), port_number(port))
-    host, sep, port = value.rpartition(":")
+        return Address("inet", str(ip), port(service))
+    host, sep, service = value.rpartition(":")
     if not sep or ":" in host:
         raise ValueError(f"cannot parse address {value!r}: expected PORT, HOST:PORT, [V6]:PORT or unix:/path")
     if host in ("localhost", "*"):
@@ -302,7 +324,7 @@ def address(value):
     except ValueError:
         raise ValueError(f"bad host in {value!r}: expected a numeric IPv4 address, "
                          "[IPv6], localhost or *") from None
-    return Address("inet", str(ip), port_number(port))
+    return Address("inet", str(ip), port(service))
 
 
 def address_list(value):

@@ -85,12 +85,18 @@ def check(path):
 
 
 def serve(path, args):
-    from superd import spawn
+    from superd import spawn, tuning
     from superd.supervisor import ReadyFileError, Supervisor
 
     _prepare_fds()
     log = Logger(args.log_format, args.log_level)
-    supervisor = Supervisor(path, log, ready_file=args.ready_file, grace=args.grace)
+    try:
+        thresholds = tuning.from_text(os.environ.get("SUPERD_THRESHOLDS"))
+    except ValueError as err:
+        log.error("config-error", problem=f"SUPERD_THRESHOLDS: {err}")
+        return EX_CONFIG
+    supervisor = Supervisor(path, log, ready_file=args.ready_file, grace=args.grace,
+                            thresholds=thresholds)
     try:
         supervisor.start()
     except configuration.ConfigError as err:

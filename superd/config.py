@@ -20,7 +20,7 @@ from pathlib import Path
 
 from superd import values, yamlfile
 from superd.handlers_path import INTERNAL, internal_argv
-from superd.preload import is_python_program
+from superd.programs import is_python_program
 
 DEFAULT_INSTANCES = 200
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"

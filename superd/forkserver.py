@@ -61,6 +61,15 @@ anything else, or by a spawn server as soon as posix_spawn returns.  A
 child closes fd 3 only after that, so once superd has seen this server
 exit and its socket reach end of file, the ledger holds every handler it
 forked.
+
+Vocabulary (the same in preload.py, warmserver.py and forkserver.py): a
+*helper server* is one forkserver.py process.  In warm mode it is a *warm
+interpreter* (`preload: true`): it has the handler imported and forks each
+handler from itself.  In spawn mode it is a *spawn server* (a service with
+`user:`/`group:` and no rlimits, not preloaded): it runs as that user and
+posix_spawns each handler.  forkserver.py is the program of both;
+warmserver.WarmInterpreter is superd's end of one; preload.WarmPool decides
+which services get which, and how many.
 """
 
 import _signal
@@ -358,7 +367,7 @@ _SIGNALS_TO_RESTORE = []      # (signal, handler): what differs from a fresh int
 def _reset_signals():
     """Back to a fresh interpreter's dispositions and an empty mask.
 
-    The differences (the fork server's own SIGCHLD handler, any a warm import
+    The differences (the helper server's own SIGCHLD handler, any a warm import
     set) are listed once, before the first fork; walking every signal in
     each child would copy the pages of every handler object it touches.
     The C functions of _signal, because signal's wrappers build enums.
@@ -542,7 +551,7 @@ def _compile_aside(path, split_main):
     fragmented heap behind (12 MB for superd-httpd); every fork would copy
     its page tables and every exit tear them down.  The warm interpreter
     only loads the marshalled result.  A file that does not compile ends
-    the fork server, with the error on stderr: superd then uses exec.
+    the helper server, with the error on stderr: superd then uses exec.
     """
     import marshal
     readable, writable = os.pipe()

@@ -159,7 +159,7 @@ class Guard:
     when the handler admitted ends (it frees the per-source slot).
     """
 
-    def __init__(self, service, previous=None):
+    def __init__(self, service, previous=None, thresholds=None):
         self.access = AccessList(service.only_from, service.no_access)
         self.balancers = AccessList(service.proxy_from)    # who may send a PROXY header
         self.v6_prefix = service.v6_prefix
@@ -168,7 +168,11 @@ class Guard:
         self.source_rate = SourceRate(psr["limit"], psr["per"]) if psr else None
         rate = service.rate
         self.rate = ServiceRate(rate["limit"], rate["per"], rate["pause"]) if rate else None
-        self.failures = FailureWindow()
+        if thresholds is None:
+            self.failures = FailureWindow()
+        else:
+            self.failures = FailureWindow(thresholds.failures, thresholds.failures_within,
+                                          thresholds.looping_pause)
         self.max_load = service.max_load
         # True when some rule needs the client's address: the hot path skips it otherwise
         self.checks_clients = bool(self.access or self.concurrency or self.source_rate)

@@ -44,6 +44,11 @@ class Listener:
         if address.kind == "inet" and address.host not in ("", "0.0.0.0", "::"):
             self.local = sock.getsockname()[:2]
         self.unix_inode = _inode(address.path) if address.kind == "unix" and not adopted else None
+        # the loop's view of it (services.Services decides): why it is not watched
+        # now (busy, backoff, error), whether it is, and the wait-mode handler using it
+        self.blocked = set()
+        self.watched = False
+        self.owner = None
 
     @property
     def key(self):

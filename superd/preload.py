@@ -18,15 +18,15 @@ for that answer: it goes on accepting, and reads answers when the socket is
 readable, as it reads the server's exit reports.  The socket keeps messages
 in order and the server answers requests in the order it got them, so each
 answer belongs to the oldest start not yet answered.  The handler is a
-child of the fork server, so the fork server reports its exit status; superd
-is a child subreaper, so a handler whose fork server died is re-parented to
+child of the helper server, so the helper server reports its exit status; superd
+is a child subreaper, so a handler whose helper server died is re-parented to
 superd and reaped there.
 
 Rule 1: a start the warm interpreter cannot serve (not ready, gone, its
 socket full, its handler file changed, its fork failed, or it died before
 starting it) is started with exec by the caller, and the connection is never
 lost: the caller keeps its own copy of the connection until the answer.
-Rule 2: the fork server is superd's child and is reaped by the supervisor,
+Rule 2: the helper server is superd's child and is reaped by the supervisor,
 which calls `reaped()`; the pool decides when to start a new one.  Each of a
 service's servers lives in a slot of its own, dies, backs off and restarts
 on its own; the others go on serving meanwhile.
@@ -38,6 +38,15 @@ subreaper, has inherited them and adopts them (on_started); the other
 starts were never made (on_unanswered).  A server that leaves starts waiting
 REPLY_TIMEOUT s without answering any is killed, which ends them too; a
 dead server's socket that stays open as long after is not waited for.
+
+Vocabulary (the same in preload.py, warmserver.py and forkserver.py): a
+*helper server* is one forkserver.py process.  In warm mode it is a *warm
+interpreter* (`preload: true`): it has the handler imported and forks each
+handler from itself.  In spawn mode it is a *spawn server* (a service with
+`user:`/`group:` and no rlimits, not preloaded): it runs as that user and
+posix_spawns each handler.  forkserver.py is the program of both;
+warmserver.WarmInterpreter is superd's end of one; preload.WarmPool decides
+which services get which, and how many.
 """
 
 import ctypes
@@ -51,12 +60,12 @@ from superd.sysutil import errname
 from superd.warmserver import WarmBusy, WarmInterpreter, WarmUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
-REPLY_TIMEOUT = 5.0      # seconds a server may leave starts unanswered
+REPLY_TIMEOUT = 5.0      # seconds a server may leave starts unanswered (tuning.Thresholds)
 SPAWN_SERVERS = 2        # per spawn-mode service: two posix_spawns at once (2 CPUs here)
 
 
 def become_subreaper():
-    """Orphaned handlers (of a dead fork server) are re-parented to superd."""
+    """Orphaned handlers (of a dead helper server) are re-parented to superd."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -75,25 +84,12 @@ def servers_for(service):
     return 1 if service.preload else SPAWN_SERVERS
 
 
-def is_python_program(path):
-    """A .py file, or a script whose #! line names a python interpreter."""
-    if str(path).endswith(".py"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(256)
-    except OSError:
-        return False
-    return first.startswith(b"#!") and b"python" in first
-
-
-
 class WarmPool:
     """Every service's servers: started, watched, restarted, stopped.
 
     The supervisor tells it the current services (`configure`), hands it
     starts (`send`), hands it every reaped pid (`reaped` says whether it was
-    a fork server) and calls `stop_all` on shutdown.  What the servers say
+    a helper server) and calls `stop_all` on shutdown.  What the servers say
     comes back through three callbacks, in the loop: on_started(token, pid)
     when a start is answered with a pid (False if superd refuses the pid, and
     then it execs the start itself), on_unanswered(token) when it never will
@@ -103,17 +99,18 @@ class WarmPool:
     RESTART_MIN, RESTART_MAX = 0.5, 30.0
 
     def __init__(self, selector, timers, spawner, log, clock, on_started, on_unanswered,
-                 on_exit):
+                 on_exit, reply_timeout=REPLY_TIMEOUT):
         self.selector = selector
         self.timers = timers
         self.spawner = spawner
         self.log = log
         self.clock = clock
+        self.reply_timeout = reply_timeout
         self.on_started = on_started
         self.on_unanswered = on_unanswered
         self.on_exit = on_exit
         self.current = {}        # service name -> [WarmInterpreter or None], one per slot
-        self.by_pid = {}         # fork server pid -> (name, WarmInterpreter), until reaped
+        self.by_pid = {}         # helper server pid -> (name, WarmInterpreter), until reaped
         self.ending = {}         # WarmInterpreter reaped, owing starts until EOF -> service name
         self.delay = {}          # (service name, slot) -> next restart delay
         self.services = {}       # service name -> config.Service wanting servers
@@ -159,7 +156,7 @@ class WarmPool:
         return False, None
 
     def reaped(self, pid, status):
-        """True if pid was a fork server (then restart it when still wanted)."""
+        """True if pid was a helper server (then restart it when still wanted)."""
         entry = self.by_pid.pop(pid, None)
         if entry is None:
             return False
@@ -299,7 +296,7 @@ class WarmPool:
                       else message.get("error", "fork failed"))
         self.on_unanswered(token)
 
-    def _settle(self, name, warm, why="fork server exited"):
+    def _settle(self, name, warm, why="helper server exited"):
         """The server will answer no more (Rule 3): adopt each start its ledger
         names, exec the rest; then let go of it."""
         self.ending.pop(warm, None)
@@ -344,7 +341,7 @@ class WarmPool:
         """While starts wait, the server must answer one at least every REPLY_TIMEOUT s."""
         if warm.watchdog is None and warm.pending:
             seen = warm.answered
-            warm.watchdog = self.timers.at(self.clock() + REPLY_TIMEOUT,
+            warm.watchdog = self.timers.at(self.clock() + self.reply_timeout,
                                            lambda: self._overdue(name, warm, seen))
 
     def _overdue(self, name, warm, seen):
@@ -352,9 +349,9 @@ class WarmPool:
         if warm.pending and warm.answered == seen:
             if warm.pid:
                 # KILL, not TERM: a stopped server must end too, so that its starts are exec'd
-                self._trouble(name, warm, f"no answer in {REPLY_TIMEOUT:g} s", signal.SIGKILL)
+                self._trouble(name, warm, f"no answer in {self.reply_timeout:g} s", signal.SIGKILL)
             elif warm in self.ending:     # dead, and a child of it still holds its socket
-                self._settle(name, warm, f"no end of file in {REPLY_TIMEOUT:g} s")
+                self._settle(name, warm, f"no end of file in {self.reply_timeout:g} s")
         self._watch_answers(name, warm)
 
     def _retire(self, warm):

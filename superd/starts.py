@@ -1,132 +1,128 @@
 """Starting handlers: exec'd at once, or sent to a spawn server and answered later.
 
-`Starts` is a mixin of `supervisor.Supervisor`, like lifecycle.Lifecycle,
-and works on its state; the supervisor's module docstring states the rules.
-A connection (or, in wait mode, a listener) becomes a runstate.Start when it
-is dispatched.  A service without a ready spawn server (preload.WarmPool)
-posix_spawns its handler here and now.  A service with one sends the start
-there and goes on: the server's answer arrives in the loop, later, as
-`_spawned` (a pid: the start becomes a Child) or `_unanswered` (no pid will
-come: exec it after all), so the loop never waits for another process.
+`Starter` takes a Connection that intake.Intake dispatched (or a wait-mode
+activation) and starts its handler.  A service without a ready spawn server
+(preload.WarmPool) posix_spawns its handler here and now.  A service with
+one sends the start there and goes on: the server's answer arrives in the
+loop, later, as `spawned` (a pid: the connection runs) or `unanswered` (no
+pid will come: exec it after all), so the loop never waits for another
+process.
 
 A sent start holds its place in the service's `running` from the send, so
 `instances`, `per_source` and `rate` count it exactly as a running handler,
-and superd keeps its own copy of the connection until the answer.
+and the connection record keeps superd's copy of the connection until the
+answer.  Once a handler runs, children.Children owns its end.
 """
 
 import errno
 import os
 import signal
-import time
-from functools import partial
 
+from superd.records import STARTING
 from superd.sysutil import errname, killpg
 
+SHORT_OF = (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)   # the machine, not the service
 
-class Starts:
-    def _launch(self, start):
+
+class Starter:
+    def __init__(self, services, table, children, warm, spawner, stderr, log, clock):
+        self.services = services
+        self.table = table
+        self.children = children
+        self.warm = warm
+        self.spawner = spawner
+        self.stderr = stderr
+        self.log = log
+        self.clock = clock
+
+    def start(self, conn):
         """Start one handler: through the service's spawn server when one is ready, else exec."""
-        state = start.state
-        if state.warm:
-            sent, start.err_fd = self.warm.send(state.name, state.recipe, start.fd, start.env,
-                                                start.wait, start)
+        record = conn.record
+        self.table.move(conn, STARTING)
+        if record.warm:
+            sent, conn.err_fd = self.warm.send(record.name, record.recipe, conn.fd, conn.env,
+                                               conn.wait, conn)
             if sent:
-                self.starting.add(start)
-                self._occupy(state, start.started)
+                self.services.started(record, conn.started)
                 return
-        if self._exec(start):
-            self._occupy(state, start.started)
+        if self._spawn(conn):
+            self.services.started(record, conn.started)
 
-    def _exec(self, start):
+    def _spawn(self, conn):
         """posix_spawn the handler now; True once it runs, False after a (logged) failure."""
-        state = start.state
         try:
-            pid, err_fd = self.spawner.start(state.recipe, start.fd, start.env, start.wait)
+            pid, err_fd = self.spawner.start(conn.record.recipe, conn.fd, conn.env, conn.wait)
         except OSError as err:
-            self._start_failed(start, err)
+            self._failed(conn, err)
             return False
         finally:
-            if not start.wait:
-                os.close(start.fd)
-        self._track(start.child(pid), err_fd, preload=False)
+            conn.close_fd()               # the handler has its own copy now
+        self._track(conn, pid, err_fd, preload=False)
         return True
 
-    def _spawned(self, start, pid):
-        """A spawn server started it (preload.WarmPool on_started): now it is a Child.
+    def spawned(self, conn, pid):
+        """A spawn server started it (preload.WarmPool on_started): now it runs.
 
         False, and exec'd instead, when pid is a handler superd tracks
         already: the server lies (it runs code superd does not trust).
         """
-        if pid in self.children:
-            self._unanswered(start)
+        if pid in self.table.by_pid:
+            self.unanswered(conn)
             return False
-        self.starting.discard(start)
-        if not start.wait:
-            os.close(start.fd)            # the handler has its own copy now
-        child = start.child(pid)
-        self._track(child, start.err_fd, preload=True)
-        if child.listener is not None:
-            if self.stopping:
-                killpg(pid, signal.SIGTERM)   # as _stop did to the wait-mode handlers it knew
-            elif child.listener.sock.fileno() == -1:
-                self._end_wait_handler(pid, child.listener)   # a reload closed it meanwhile
+        conn.close_fd()
+        err_fd, conn.err_fd = conn.err_fd, None
+        self._track(conn, pid, err_fd, preload=True)
+        if conn.wait:
+            if self.services.stopping:
+                self.children.terminate(conn)    # as a stop did to the handlers it knew
+            elif conn.listener.sock.fileno() == -1:
+                self.children.end_wait_handler(conn)   # a reload closed it meanwhile
         return True
 
-    def _unanswered(self, start):
+    def unanswered(self, conn):
         """A spawn server will never start it (preload.WarmPool on_unanswered): exec it."""
-        self.starting.discard(start)
-        state = start.state
-        if start.err_fd is not None:      # the exec gets a pipe of its own
-            os.close(start.err_fd)
-            start.err_fd = None
-        if start.wait and start.listener.sock.fileno() == -1:
-            self.busy.pop(start.listener, None)   # closed by a reload or a stop meanwhile
-        elif self._exec(start):
+        conn.close_err_fd()               # the exec gets a pipe of its own
+        record = conn.record
+        if conn.wait and conn.listener.sock.fileno() == -1:
+            self._lost_listener(conn)     # closed by a reload or a stop meanwhile
+        elif self._spawn(conn):
             return                        # it keeps the place (and `rate` counted it once)
-        state.running -= 1
-        if self.states.get(state.name) is state:
-            self._start_ready(state)
-            self._sync(state)
+        record.vacate()
+        self.services.freed(record)
 
-    def _occupy(self, state, now):
-        """A start takes its place in `running` and counts toward `rate`."""
-        state.running += 1
-        rate = state.guard.rate
-        if rate is not None and rate.started(now):
-            self._hold(state, "rate", rate.pause, limit=rate.limit, per=rate.per)
-
-    def _track(self, child, err_fd, preload):
-        """Rule 2: a handler that runs is in `children` until it is reaped."""
-        state = child.state
-        state.counters.started += 1
-        self.children[child.pid] = child
-        if child.listener is not None:
-            self.busy[child.listener] = child.pid
-        if state.service.timeout:
-            child.timeout = state.service.timeout
-            child.timer = self.timers.at(child.started + child.timeout,
-                                         partial(self._timeout, child))
+    def _track(self, conn, pid, err_fd, preload):
+        """A handler runs: its connection is in the table by pid until it is reaped."""
+        record = conn.record
+        record.counters.started += 1
+        self.table.running(conn, pid)
+        self.children.watch(conn)
         if err_fd is not None:
-            self.stderr.add(err_fd, state.name, child.pid)
-        self.log.debug("start", service=state.name, client=child.client, pid=child.pid,
+            self.stderr.add(err_fd, record.name, pid, conn.id)
+        self.log.debug("start", service=record.name, client=conn.client, conn=conn.id, pid=pid,
                        preload=int(preload))
 
-    def _start_failed(self, start, err):
-        state, listener = start.state, start.listener
-        if start.release:
-            start.release()
-        if start.wait:
-            listener.sock.setblocking(False)
-            self.busy.pop(listener, None)
-        self._spawn_failed(state, [listener], start.client, err)
-        if start.wait:
-            self._pause([listener], "spawn", err)   # still readable: must not retry at once
+    def _lost_listener(self, conn):
+        conn.listener.owner = None
+        self.services.unblock(conn.listener, "busy")
+        self.table.close(conn)
 
-    def _spawn_failed(self, state, listeners, client, err):
-        state.counters.failed += 1
-        self.log.error("spawn-failed", service=state.name, client=client,
-                       program=state.recipe.argv[0], error=errname(err))
-        if err.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
-            self._pause(listeners, "spawn", err)      # the machine is short, not the service
+    def _failed(self, conn, err):
+        listener = conn.listener
+        self.table.close(conn)
+        if conn.wait:
+            listener.sock.setblocking(False)
+            listener.owner = None
+            self.services.unblock(listener, "busy")
+        self.spawn_failed(conn, err)
+        if conn.wait:
+            self.services.block_after_error(listener, "spawn", err)   # still readable: must not retry at once
+
+    def spawn_failed(self, conn, err):
+        record = conn.record
+        record.counters.failed += 1
+        self.log.error("spawn-failed", service=record.name, client=conn.client, conn=conn.id,
+                       program=record.recipe.argv[0], error=errname(err))
+        if err.errno in SHORT_OF:
+            self.services.block_after_error(conn.listener, "spawn", err)
         else:
-            self._note_failure(state, time.monotonic())
+            self.services.failed(record, self.clock())

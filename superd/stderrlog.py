@@ -2,8 +2,8 @@
 
 Each handler with `stderr: log` writes into a pipe of its own; this module
 owns the read ends: it watches them in the loop's selector, logs one
-`stderr service=… pid=… text=…` line per line of output (long lines cut at
-STDERR_LINE_MAX: one line, and the rest of it until its newline is
+`stderr service=… pid=… conn=… text=…` line per line of output (long lines
+cut at STDERR_LINE_MAX: one line, and the rest of it until its newline is
 dropped), and closes each pipe at end of file, which may come after
 the handler itself has exited (a grandchild can hold the pipe).
 """
@@ -21,11 +21,12 @@ class HandlerStderr:
         self.log = log
         self.partial = {}         # fd -> (bytes not yet ending in a newline, cutting)
 
-    def add(self, fd, service, pid):
+    def add(self, fd, service, pid, conn_id):
         self.partial[fd] = (b"", False)
-        self.selector.register(fd, selectors.EVENT_READ, partial(self._readable, fd, service, pid))
+        self.selector.register(fd, selectors.EVENT_READ,
+                               partial(self._readable, fd, service, pid, conn_id))
 
-    def _readable(self, fd, service, pid):
+    def _readable(self, fd, service, pid, conn_id):
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -41,10 +42,10 @@ class HandlerStderr:
             if cutting:           # the tail of a line logged already, cut
                 cutting = False
             elif line:
-                self._line(service, pid, line)
+                self._line(service, pid, conn_id, line)
         if len(rest) > STDERR_LINE_MAX:
             if not cutting:
-                self._line(service, pid, rest)
+                self._line(service, pid, conn_id, rest)
             rest, cutting = b"", True
         if data:
             self.partial[fd] = (rest, cutting)
@@ -53,6 +54,6 @@ class HandlerStderr:
             os.close(fd)
             del self.partial[fd]
 
-    def _line(self, service, pid, line):
-        self.log.info("stderr", service=service, pid=pid,
+    def _line(self, service, pid, conn_id, line):
+        self.log.info("stderr", service=service, pid=pid, conn=conn_id,
                       text=line[:STDERR_LINE_MAX].decode("utf-8", "replace"))

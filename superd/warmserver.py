@@ -1,4 +1,4 @@
-"""superd's end of one fork server (forkserver.py): start it, send it starts, read it.
+"""superd's end of one helper server (forkserver.py): start it, send it starts, read it.
 
 A `WarmInterpreter` is one server process, a warm interpreter or a spawn
 server, and superd's end of its SOCK_SEQPACKET control socket.  It sends
@@ -8,6 +8,15 @@ servers of every service and what happens when one fails.  The messages
 are the ones forkserver.py's docstring describes: the service's environment
 goes once, in the server's settings, and each start sends only the
 connection's variables.
+
+Vocabulary (the same in preload.py, warmserver.py and forkserver.py): a
+*helper server* is one forkserver.py process.  In warm mode it is a *warm
+interpreter* (`preload: true`): it has the handler imported and forks each
+handler from itself.  In spawn mode it is a *spawn server* (a service with
+`user:`/`group:` and no rlimits, not preloaded): it runs as that user and
+posix_spawns each handler.  forkserver.py is the program of both;
+warmserver.WarmInterpreter is superd's end of one; preload.WarmPool decides
+which services get which, and how many.
 """
 
 import array
@@ -68,7 +77,7 @@ class WarmInterpreter:
         self.watchdog = None             # the pool's timer while starts wait
 
     def start(self, spawner, workdir):
-        """Spawn the fork server; returns its pid.  Raises OSError."""
+        """Spawn the helper server; returns its pid.  Raises OSError."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         plain = recipe(self.service, credentials=False)
         settings = {"argv": handler_argv(self.service), "workdir": workdir,
@@ -156,7 +165,7 @@ class WarmInterpreter:
             yield decode_message(data)
 
     def stop(self):
-        """Close the control socket: the fork server exits when it sees EOF."""
+        """Close the control socket: the helper server exits when it sees EOF."""
         self.ready = False
         if self.control is not None:
             self.control.close()
@@ -185,7 +194,7 @@ def _new_ledger():
 
 
 def server_argv(service, settings):
-    """The fork server's command line.
+    """The helper server's command line.
 
     Without `site` (-S) where the handler would have none either: an
     internal handler is exec'd with -S, and a spawn server runs no Python

@@ -92,11 +92,14 @@ services:
 """)
     d.log.wait_for(r"^preload-ready service=warm")
     warm, again, cold = (ask(d.address(name))["env"] for name in ("warm", "warm", "cold"))
-    per_connection = {"SUPERD_SERVICE", "REMOTE_PORT", "TCPREMOTEPORT", "TCPLOCALPORT"}
+    per_connection = {"SUPERD_SERVICE", "REMOTE_PORT", "TCPREMOTEPORT", "TCPLOCALPORT",
+                      "SUPERD_CONN"}
     assert set(warm) == set(again) == set(cold)
     assert {k: v for k, v in warm.items() if k not in per_connection} == \
         {k: v for k, v in cold.items() if k not in per_connection}
     assert warm["REMOTE_PORT"] != again["REMOTE_PORT"], "each child its own connection's"
+    ids = [int(env["SUPERD_CONN"]) for env in (warm, again, cold)]
+    assert len(set(ids)) == 3, "each connection its own id, preloaded or exec'd"
 
 
 def test_exit_status_signals_and_timeouts_as_for_exec(superd, tmp_path):

@@ -19,7 +19,7 @@ from test_protection_support import (answer_of, env_handler, exit_line, finish, 
 
 
 def refused_line(service, client_ip, reason):
-    return rf"^refused service={service} client={re.escape(client_ip)}:\d+ reason={re.escape(reason)}$"
+    return rf"^refused service={service} client={re.escape(client_ip)}:\d+ conn=\d+ reason={re.escape(reason)}$"
 
 
 def test_only_from_and_no_access_on_ipv4(superd, tmp_path):
@@ -115,7 +115,7 @@ services:
     try:
         for _ in range(3):
             assert hold(address, "127.0.0.2") is None, "over per_source: closed at once"
-        d.log.wait_count(r"^refused service=svc client=127\.0\.0\.2:\d+ reason=per_source$", 3)
+        d.log.wait_count(r"^refused service=svc client=127\.0\.0\.2:\d+ conn=\d+ reason=per_source$", 3)
         other = talk(address, b"still served", "127.0.0.3")
         assert other == (other[0], b"still served") and other[0]["REMOTE_ADDR"] == "127.0.0.3"
         # one greedy handler ends: its slot is free again
@@ -292,7 +292,7 @@ services:
     for name, (_, _, expected) in RLIMIT_ROWS.items():
         assert seen[name] == (str(expected), str(expected)), (name, seen.get(name))
     # prlimit execs the handler: the pid superd tracks is the handler's own
-    d.log.wait_for(rf"^exit service=lim client=\S+ pid={pid} status=0 ")
+    d.log.wait_for(rf"^exit service=lim client=\S+ conn=\d+ pid={pid} status=0 ")
 
 
 def test_fsize_limit_stops_a_handler_that_writes_too_much(superd, tmp_path):

@@ -17,7 +17,7 @@ from test_protection_support import (cpu_seconds, env_handler, exit_line, line_i
                                      open_fds, open_from, proxy_v1, read_until_eof,
                                      shell_handler, talk)
 
-LOOP_PAUSE = 30      # limits.FailureWindow's pause (not configurable)
+LOOP_PAUSE = 1       # seconds: tuning.Thresholds.looping_pause, set by SUPERD_THRESHOLDS
 
 
 def sources(count, first=1):
@@ -52,7 +52,7 @@ services:
             assert answer is not None and answer[1] == b"well behaved", f"wave {wave}"
             assert talk(d.address("plain"), b"plain")[1] == b"plain"
         evicted = 300 - 64      # pending.MIN_PENDING connections wait per service
-        d.log.wait_count(r"^refused service=p client=127\.0\.0\.9:\d+ reason=proxy_evicted ", evicted)
+        d.log.wait_count(r"^refused service=p client=127\.0\.0\.9:\d+ conn=\d+ reason=proxy_evicted ", evicted)
         assert open_fds(d.pid) <= baseline + 64 + 4, "superd holds a bounded number of them"
         assert cpu_seconds(d.pid) - cpu < 2.0
     finally:
@@ -103,7 +103,7 @@ services:
         assert read_until_eof(sock) == b"ok\n"
     with open_from(address, flood[-1]) as sock:
         assert read_until_eof(sock) == b""
-    d.log.wait_for(rf"^refused service=svc client={flood[-1]}:\d+ reason=per_source_rate$")
+    d.log.wait_for(rf"^refused service=svc client={flood[-1]}:\d+ conn=\d+ reason=per_source_rate$")
 
 
 def test_loop_protection_pauses_a_failing_service_once(superd, tmp_path):
@@ -113,7 +113,7 @@ def test_loop_protection_pauses_a_failing_service_once(superd, tmp_path):
 services:
   fail: {{listen: "127.0.0.1:0", server: {fail}}}
   other: {{listen: "127.0.0.1:0", server: {env}}}
-""")
+""", env={"SUPERD_THRESHOLDS": f"looping_pause={LOOP_PAUSE}"})
     address = d.address("fail")
     paused = r"^service-paused level=warning service=fail reason=looping "
     for hit in range(40):

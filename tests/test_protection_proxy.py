@@ -107,7 +107,7 @@ def test_garbage_header_is_refused_at_once(proxied, service, data):
     with open_from(proxied.address(service), "127.0.0.6") as sock:
         sock.sendall(data + b"payload")     # no half-close: a refusal must not wait for one
         assert read_until_eof(sock) == b"", "closed unserved"
-    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.6:\d+ reason=proxy_malformed ")
+    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.6:\d+ conn=\d+ reason=proxy_malformed ")
     good = (proxy_v2 if service == "v2" else proxy_v1)("192.0.2.1", "192.0.2.2", 1, 2)
     check_named(talk(proxied.address(service), b"next", before=good),
                 "192.0.2.1", 1, "192.0.2.2", 2, b"next")
@@ -125,7 +125,7 @@ def test_truncated_header_then_close_is_refused(proxied, service, data):
         sock.sendall(data)
         sock.shutdown(1)
         assert read_until_eof(sock) == b""
-    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.7:\d+ reason=proxy_closed ")
+    proxied.log.wait_for(rf"^refused service={service} client=127\.0\.0\.7:\d+ conn=\d+ reason=proxy_closed ")
     assert talk(proxied.address("plain"), b"plain")[1] == b"plain"
 
 
@@ -174,7 +174,7 @@ services:
         slow.sendall(header[:10])
         check_named(talk(d.address("p"), b"prompt", before=proxy_v1("192.0.2.42", "198.51.100.4", 1, 2)),
                     "192.0.2.42", 1, "198.51.100.4", 2, b"prompt")
-        d.log.wait_for(r"^refused service=p client=127\.0\.0\.8:\d+ reason=proxy_timeout ")
+        d.log.wait_for(r"^refused service=p client=127\.0\.0\.8:\d+ conn=\d+ reason=proxy_timeout ")
         assert read_until_eof(slow) == b""
     d.send(signal.SIGUSR1)
     d.log.wait_for(r"^status service=p .*started=1 .*refused_proxy_timeout=1$")
@@ -190,9 +190,9 @@ services:
     header = proxy_v1("192.0.2.51", "198.51.100.5", 5151, 51)
     with open_from(address, "127.0.0.3") as sock:      # says nothing: refused all the same
         assert read_until_eof(sock) == b""
-    d.log.wait_for(r"^refused service=p client=127\.0\.0\.3:\d+ reason=proxy_from$")
+    d.log.wait_for(r"^refused service=p client=127\.0\.0\.3:\d+ conn=\d+ reason=proxy_from$")
     assert talk(address, b"x", "127.0.0.4", before=header) is None
-    d.log.wait_for(r"^refused service=p client=127\.0\.0\.4:\d+ reason=proxy_from$")
+    d.log.wait_for(r"^refused service=p client=127\.0\.0\.4:\d+ conn=\d+ reason=proxy_from$")
     check_named(talk(address, b"trusted", "127.0.0.2", before=header),
                 "192.0.2.51", 5151, "198.51.100.5", 51, b"trusted")
 
@@ -237,11 +237,11 @@ services:
     try:
         assert first and second
         assert hold(address, before=from_client("192.0.2.7", 1001)) is None
-        d.log.wait_for(r"^refused service=p client=192\.0\.2\.7:1001 reason=per_source$")
+        d.log.wait_for(r"^refused service=p client=192\.0\.2\.7:1001 conn=\d+ reason=per_source$")
         assert talk(address, before=from_client("203.0.113.9")) is None
-        d.log.wait_for(r"^refused service=p client=203\.0\.113\.9:1000 reason=only_from$")
+        d.log.wait_for(r"^refused service=p client=203\.0\.113\.9:1000 conn=\d+ reason=only_from$")
         assert talk(address, before=from_client("192.0.2.99")) is None
-        d.log.wait_for(r"^refused service=p client=192\.0\.2\.99:1000 reason=no_access:192\.0\.2\.99/32$")
+        d.log.wait_for(r"^refused service=p client=192\.0\.2\.99:1000 conn=\d+ reason=no_access:192\.0\.2\.99/32$")
         finish(first)
         first = None
         d.log.wait_for(r"^exit service=p client=192\.0\.2\.7:1000 ")
@@ -293,7 +293,7 @@ services:
         if second is not None:
             second.close()
         else:
-            d.log.wait_for(r"^refused service=p client=\[2001:db8:0:1::2\]:4000 reason=per_source$")
+            d.log.wait_for(r"^refused service=p client=\[2001:db8:0:1::2\]:4000 conn=\d+ reason=per_source$")
         other = hold(address, before=named("2001:db8:0:2::1"))      # another /64
         assert other is not None
         other.close()
@@ -312,9 +312,9 @@ services:
     check_named(talk(("127.0.0.1", port), b"lb", "127.0.0.1", before=header),
                 "192.0.2.81", 8181, "198.51.100.8", 81, b"lb")
     assert talk(("127.0.0.1", port), b"lb", "127.0.0.2", before=header) is None
-    d.log.wait_for(r"^refused service=p client=127\.0\.0\.2:\d+ reason=proxy_from$")
+    d.log.wait_for(r"^refused service=p client=127\.0\.0\.2:\d+ conn=\d+ reason=proxy_from$")
     assert talk(("::1", port), b"lb", before=header) is None
-    d.log.wait_for(r"^refused service=p client=\[::1\]:\d+ reason=proxy_from$")
+    d.log.wait_for(r"^refused service=p client=\[::1\]:\d+ conn=\d+ reason=proxy_from$")
 
 
 def proxied_service(superd, tmp_path, **extra):
@@ -384,5 +384,5 @@ def test_a_stop_refuses_the_connections_still_waiting_for_a_header(superd, tmp_p
     with accepted_silent(d, 1)[0] as sock:
         d.send(signal.SIGTERM)
         assert read_until_eof(sock) == b""
-        d.log.wait_for(r"^refused service=p client=127\.0\.0\.1:\d+ reason=service_gone ")
+        d.log.wait_for(r"^refused service=p client=127\.0\.0\.1:\d+ conn=\d+ reason=service_gone ")
     assert d.proc.wait(10) == 0

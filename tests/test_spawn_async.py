@@ -126,7 +126,7 @@ def test_many_concurrent_connections_are_all_served_and_logged(superd, answer, p
         assert f"client=127.0.0.1:{pids[pid]} " in line and " status=0 " in line, line
     for pid in pids:
         assert d.log.count(rf"^start level=debug service=a .* pid={pid} preload=1$") == 1
-        assert d.log.count(rf'^stderr service=a pid={pid} text="err {pid} c') == 1
+        assert d.log.count(rf'^stderr service=a pid={pid} conn=\d+ text="err {pid} c') == 1
     assert d.log.count(r"^preload-(ready|unavailable|exited) ") == SERVERS, \
         "the servers served all"
     assert "started=61 failed=0" in d.wait_running("a", 0)

@@ -1,0 +1,31 @@
+"""Telling the world superd serves: the ready file and systemd's notify socket.
+
+The ready file is written atomically (a temporary file renamed over it) with
+the addresses actually bound, so a reader never sees half of one.
+"""
+
+import json
+import os
+
+from superd import systemd
+from superd.sysutil import unlink_quietly
+
+
+def write_ready_file(path, records):
+    """{"pid": N, "services": {name: [address, ...]}} at path; OSError if it cannot."""
+    if not path:
+        return
+    ready = {"pid": os.getpid(),
+             "services": {r.name: [l.text for l in r.listeners] for r in records}}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(ready, f)
+        os.replace(tmp, path)
+    except OSError:
+        unlink_quietly(tmp)
+        raise
+
+
+def notify_ready(records):
+    systemd.notify("READY=1\nSTATUS=serving " + ", ".join(r.name for r in records))

@@ -63,18 +63,44 @@ def compiled(source):
 
 
 def _cache_dir():
-    """$XDG_CACHE_HOME/superd, ~/.cache/superd, else a private folder in /tmp."""
+    """The first usable of $CACHE_DIRECTORY (systemd's CacheDirectory=, the first
+    if it names several), $XDG_CACHE_HOME/superd, $HOME/.cache/superd and
+    superd-UID in the temporary folder.  Usable: superd's own user owns it, no
+    one else may write to it.  Only the parts below an existing folder are made:
+    a $HOME or $XDG_CACHE_HOME that does not exist is passed over, never created
+    (a daemon's user often has a home that is not there, such as /nonexistent)."""
     import tempfile
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else "")
-    candidates = [Path(base, "superd")] if base else []
-    candidates.append(Path(tempfile.gettempdir(), f"superd-{os.geteuid()}"))
-    for folder in candidates:
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = folder.stat()
-            if st.st_uid == os.geteuid() and not st.st_mode & 0o022 and os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            continue
+    environ = os.environ
+    candidates = []               # (a folder that must exist, the parts below it to make)
+    if environ.get("CACHE_DIRECTORY"):
+        candidates.append((environ["CACHE_DIRECTORY"].split(":")[0], ()))
+    if environ.get("XDG_CACHE_HOME"):
+        candidates.append((environ["XDG_CACHE_HOME"], ("superd",)))
+    if environ.get("HOME"):
+        candidates.append((environ["HOME"], (".cache", "superd")))
+    candidates.append((tempfile.gettempdir(), (f"superd-{os.geteuid()}",)))
+    for root, parts in candidates:
+        folder = _private_folder(Path(root), parts)
+        if folder is not None:
+            return folder
     raise OSError("no private cache folder for compiled handlers")
+
+
+def _private_folder(root, parts):
+    """root/parts..., made (mode 0700) part by part below root, if it is superd's alone."""
+    if not root.is_absolute() or not root.is_dir():
+        return None
+    folder = root
+    try:
+        for part in parts:
+            folder = folder / part
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+        st = folder.stat()
+    except OSError:
+        return None
+    if st.st_uid == os.geteuid() and not st.st_mode & 0o022 and os.access(folder, os.W_OK):
+        return folder
+    return None

@@ -180,9 +180,11 @@ def usage():
         meta, _, text = text.partition(": ") if kind is not None else ("", "", text)
         shown = "%s %s" % (flag, meta) if meta else flag
         extra = ""
-        if kind not in (None, _text) and default != NO_LIMIT:
-            extra = " (default %s)" % default
-        lines.append("  %-26s %s%s" % (shown, text, extra))
+        if kind is _size:
+            extra = " (default %dM)" % (default >> 20)
+        elif kind not in (None, _text) and default != NO_LIMIT:
+            extra = " (default %g)" % default
+        lines.append("  %-28s %s%s" % (shown, text, extra))
     return "\n".join(lines) + "\n"
 
 
@@ -916,10 +918,12 @@ def parse_head(head):
     if len(parts) != 3 or not parts[0] or not set(parts[0]) <= TCHAR:
         raise HttpError(400, "malformed request line", close=True)
     method, target, version = parts
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        known = version[:5] == b"HTTP/" and len(version) == 8 and version[6:7] == b"."
-        raise HttpError(505 if known and version[5:8].replace(b".", b"").isdigit() else 400,
-                        close=True)
+    if not (len(version) == 8 and version[:5] == b"HTTP/" and version[6:7] == b"."
+            and version[5:6].isdigit() and version[7:8].isdigit()):
+        raise HttpError(400, "malformed HTTP version", close=True)
+    if version[5:6] != b"1":
+        raise HttpError(505, close=True)
+    version = b"HTTP/1.0" if version == b"HTTP/1.0" else b"HTTP/1.1"   # 1.x: as 1.1
     if not target or not set(target) <= TARGET_CHAR:
         raise HttpError(400, "malformed request target", close=True)
     if len(lines) - 1 > MAX_FIELDS:

@@ -19,6 +19,7 @@ Every socket has a timeout; nothing sleeps to synchronise.
 
 import base64
 import http.client
+import importlib.util
 import json
 import os
 import selectors
@@ -32,6 +33,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import connect, read_all
@@ -45,6 +47,7 @@ HOSTILE = '<img src=x onerror="document.title=\'pwned\'">"\\\nname'   # a servic
 BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
 assert procs           # a fixture of test_httpd_browser's, used here too
+FUZZ = settings(suppress_health_check=[HealthCheck.too_slow])
 
 
 def fixture_document():
@@ -59,7 +62,7 @@ def fixture_document():
                    "process": {"resident_memory_bytes": 18874368, "open_fds": 17,
                                "max_fds": 1024, "cpu_seconds": 0.5,
                                "start_time": 1796000000.0}},
-        "buckets": BUCKETS,
+        "buckets": list(BUCKETS),
         "services": [
             {"name": "web", "addresses": ["127.0.0.1:8080", "[::1]:8080"], "mode": "nowait",
              "state": "serving", "paused": [], "running": 1, "instances": 40,
@@ -389,6 +392,71 @@ def test_wrong_shapes_in_the_document_are_shown_as_missing(status):
 
 
 # -------------------------------------------------------------------------
+# any document: every value of the fixture replaced by any JSON value
+# -------------------------------------------------------------------------
+
+def load_status():
+    """handlers/status.py as a module, loaded by path once."""
+    module = sys.modules.get("status_under_test")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("status_under_test", STATUS)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["status_under_test"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@st.composite
+def mangled_documents(draw):
+    """The fixture with a few of its values, at any depth, replaced."""
+    doc = fixture_document()
+    for _ in range(draw(st.integers(1, 4))):
+        parent, key = None, None
+        node = doc
+        while isinstance(node, (dict, list)) and node and draw(st.booleans()):
+            keys = sorted(node) if isinstance(node, dict) else range(len(node))
+            parent, key = node, draw(st.sampled_from(list(keys)))
+            node = node[key]
+        if parent is not None:
+            parent[key] = draw(JSON_VALUES)
+    return doc
+
+
+@FUZZ
+@given(mangled_documents())
+def test_any_document_renders_and_parses(doc):
+    """Rule 1 for documents: whatever a daemon sends that is an object with
+    ok true, the metrics parse and the page renders (its embedded history
+    is JSON).  The fixture's shape keeps the mangling deep."""
+    status = load_status()
+    doc["ok"] = True
+    list(text_string_to_metric_families(status.render_metrics(doc)))
+    page = status.render_page(doc, "nonce")
+    embedded = page.partition('<script type="application/json" id="history">')[2]
+    json.loads(embedded.partition("</script>")[0])
+    page.encode("utf-8", "replace")
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_head_parses_or_is_an_http_error(head):
+    status = load_status()
+    try:
+        request = status.parse_head(head)
+    except status.HttpError as exc:
+        assert exc.status in (400, 431, 505)
+    else:
+        assert request.path.startswith("/") and request.method
+
+
+# -------------------------------------------------------------------------
 # HTTP: methods, paths, keep-alive, hostile clients
 # -------------------------------------------------------------------------
 
@@ -400,6 +468,13 @@ def test_unknown_paths_and_methods_keep_the_connection(status):
     assert post.status == 405 and post.header("Allow") == "GET, HEAD"
     assert handler.get("/metrics?x=1").status == 200          # the query is not the path
     assert handler.get("http://elsewhere/status.json").body == DOCUMENT   # absolute form
+
+
+def test_http_1_x_is_answered_as_1_1(status):
+    handler = status()
+    handler.sock.sendall(b"GET /status.json HTTP/1.7\r\nHost: x\r\n\r\n")
+    response = handler.reader.response()
+    assert response.status == 200 and response.body == DOCUMENT
 
 
 def test_a_request_with_a_body_is_answered_then_closed(status):
@@ -427,13 +502,14 @@ def test_connection_close_and_http_1_0(status, version, keep):
     (b"GET /\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\n\r\n", 400),                          # no Host
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET / HTTP/1.10\r\nHost: x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
     (b"GET nothing HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (20 << 10) + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
-], ids=["garbage", "http-0.9", "no-host", "version", "no-colon", "folded", "length",
+], ids=["garbage", "http-0.9", "no-host", "version", "bad-version", "no-colon", "folded", "length",
         "target", "huge-header", "many-fields"])
 def test_bad_requests_get_a_status_and_a_close(status, data, code):
     handler = status()

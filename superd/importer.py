@@ -56,6 +56,7 @@ def main(argv):
         head, entries, xinetd = gather(args.files, args.format, report)
         report.check()
         _unique(entries, report)
+        _per_connection_keys(entries, report)
         text = checked(head, entries, _header(report, xinetd), report)
     except ImportFailure as failure:
         _print_warnings(report)
@@ -110,11 +111,33 @@ def _unique(entries, report):
         entry.name = name
 
 
+def _per_connection_keys(entries, report):
+    """only_from, per_source and the like are checked as superd accepts each
+    connection; a wait service's handler accepts for itself, so superd refuses
+    them there: each becomes a note, and the service is still written."""
+    for entry in entries:
+        udp = entry.settings.get("protocol") == "udp"
+        if entry.settings.get("mode", "wait" if udp else "nowait") != "wait":
+            continue
+        for key in config.NOWAIT_ONLY:
+            if key in entry.settings:
+                value = entry.settings.pop(key)
+                entry.remarks.pop(key, None)
+                entry.unmapped(report, entry.lines.get(key, entry.line), f"{key}: {_flow(value)}",
+                               "superd applies it to nowait services only; in wait mode "
+                               "the handler accepts connections itself")
+
+
 def checked(head, entries, header, report):
     """The services.yaml text, once superd's loader accepts it."""
-    for _ in range(len(entries) + len(head.settings) + 1):
+    for attempt in range(len(entries) + len(head.settings) + 1):
         text, owners = render(head, entries, header)
-        problems = [p for p in _problems(text) if ROOT_NEEDED not in p.message]
+        problems = _problems(text)
+        for problem in (p for p in problems if ROOT_NEEDED in p.message and not attempt):
+            owner = owners.get(problem.line, (None, None))[0]
+            report.warn(owner.file, owner.line, owner.name, "superd must run as root to "
+                        "switch to this user or group, as xinetd and inetd did")
+        problems = [p for p in problems if ROOT_NEEDED not in p.message]
         if not problems:
             return text
         for problem in problems:

@@ -65,10 +65,12 @@ class Entry:
     settings: dict = field(default_factory=dict)   # superd key -> value
     remarks: dict = field(default_factory=dict)    # superd key -> comment beside it
     notes: list = field(default_factory=list)      # comment lines above the keys
+    lines: dict = field(default_factory=dict)      # superd key -> the line it came from
     skipped: str = ""         # why the service is written commented out, if it is
 
-    def set(self, key, value, remark=""):
+    def set(self, key, value, remark="", line=0):
         self.settings[key] = value
+        self.lines[key] = line or self.line
         if remark:
             self.remarks[key] = remark
 

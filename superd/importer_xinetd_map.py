@@ -161,6 +161,8 @@ def _internal(entry, block, port, attributes, report):
 
 def _program(entry, attributes, flags, line, report):
     server = _first(attributes, "server")
+    if not server and "redirect" in attributes:
+        return entry.skip(report, attributes["redirect"].line, f"redirect: {UNMAPPED['redirect']}")
     if not server.startswith("/"):
         return entry.skip(report, line("server"), f"server = {server or '(none)'}: expected an absolute path")
     args = attributes["server_args"].values if "server_args" in attributes else []
@@ -196,18 +198,18 @@ def _limit(key):
             if key == "instances":
                 entry.notes.append("instances = UNLIMITED: superd always has a limit (200 by default)")
             return
-        entry.set(key, to.whole_number(a.values[0], a.name))
+        entry.set(key, to.whole_number(a.values[0], a.name), line=a.line)
     return convert
 
 
 def _cps(entry, a, report):
     limit, pause = a.values[0], a.values[1]
     entry.set("rate", {"limit": to.whole_number(limit, "cps"), "per": 1,
-                       "pause": to.seconds(pause, "cps")}, CPS_REMARK)
+                       "pause": to.seconds(pause, "cps")}, CPS_REMARK, line=a.line)
 
 
 def _max_load(entry, a, report):
-    entry.set("max_load", float(to.seconds(a.values[0], "max_load")))
+    entry.set("max_load", float(to.seconds(a.values[0], "max_load")), line=a.line)
 
 
 def _access(entry, a, report):
@@ -216,9 +218,10 @@ def _access(entry, a, report):
         entry.unmapped(report, a.line, f"{a.name} {name}", "a name; superd matches numeric addresses")
     if a.name == "only_from" and not found:
         # xinetd: nobody may connect; an empty only_from is everyone in superd
-        entry.set("enabled", False, "only_from lets no client in" + (" superd can match" if names else ""))
+        entry.set("enabled", False, "only_from lets no client in" + (" superd can match" if names else ""),
+                  line=a.line)
         return
-    entry.set(a.name, found)
+    entry.set(a.name, found, line=a.line)
 
 
 def _env(entry, a, report):
@@ -226,17 +229,17 @@ def _env(entry, a, report):
     for token in bad:
         entry.unmapped(report, a.line, f"env {token}", "not NAME=value")
     if pairs:
-        entry.set("env", pairs)
+        entry.set("env", pairs, line=a.line)
 
 
 def _passenv(entry, a, report):
     if a.values:
-        entry.set("passenv", list(a.values))
+        entry.set("passenv", list(a.values), line=a.line)
 
 
 def _disable(entry, a, report):
     if a.values[0] == "yes":
-        entry.set("enabled", False)
+        entry.set("enabled", False, line=a.line)
 
 
 def _groups(entry, a, report):

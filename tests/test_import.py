@@ -233,6 +233,74 @@ def test_inetd_conf_with_tcpd_lines(tmp_path):
     assert f"{conf}:17: warning: rstatd: service left out: an RPC service" in err
 
 
+@pytest.mark.parametrize("line, expected", [
+    ("7070 stream tcp nowait nobody /bin/cat cat -u", {"listen": "0.0.0.0:7070", "args": ["-u"]}),
+    ("[::1]:7070 stream tcp6 nowait nobody /bin/cat cat", {"listen": "[::1]:7070"}),
+    ("7070 stream tcp46 nowait nobody /bin/cat cat", {"listen": "7070"}),
+    ("7070 dgram udp wait nobody /bin/cat cat", {"listen": "0.0.0.0:7070", "protocol": "udp"}),
+    ("7070 stream tcp nowait/10/30/2 nobody /bin/cat cat",
+     {"instances": 10, "per_source_rate": {"limit": 30, "per": 60}, "per_source": 2}),
+    ("7070 stream tcp nowait nobody:nogroup/daemon /bin/cat cat", {"user": "nobody", "group": "nogroup"}),
+    ("{tmp}/sock stream unix nowait nobody /bin/cat cat", {"listen": "unix:{tmp}/sock"}),
+])
+def test_inetd_fields_map(tmp_path, line, expected):
+    conf = tmp_path / "inetd.conf"
+    conf.write_text(line.replace("{tmp}", str(tmp_path)) + "\n")
+    data, err, _ = imported(tmp_path, conf)
+    (service,) = data["services"].values()
+    expected = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v
+                for k, v in expected.items()}
+    assert {k: service.get(k) for k in expected} == expected
+    if "/daemon" in line:
+        assert f"{conf}:1: warning: " in err and "login class daemon" in err
+
+
+def test_inetd_host_line_sets_the_host_of_the_lines_below(tmp_path):
+    conf = tmp_path / "inetd.conf"
+    conf.write_text("127.0.0.1:\n7070 stream tcp nowait nobody /bin/cat cat\n"
+                    "*:\n7071 stream tcp nowait nobody /bin/cat cat\n")
+    data, _, _ = imported(tmp_path, conf)
+    assert [s["listen"] for s in data["services"].values()] == ["127.0.0.1:7070", "0.0.0.0:7071"]
+
+
+def test_udp_nowait_becomes_wait_with_a_warning(tmp_path):
+    conf = tmp_path / "inetd.conf"
+    conf.write_text("7070 dgram udp nowait nobody /bin/cat cat\n")
+    data, err, _ = imported(tmp_path, conf)
+    assert "mode" not in data["services"]["7070"]
+    assert f"{conf}:1: warning: 7070: a UDP service is 'wait' in superd" in err
+
+
+def test_per_connection_keys_of_a_wait_service_are_notes(tmp_path):
+    """superd refuses only_from and per_source in wait mode; the service is still written."""
+    conf = tmp_path / "tftp"
+    conf.write_text(xinetd_service("\tsocket_type = dgram\n\twait = yes\n\tport = 6969\n"
+                                   "\tserver = /bin/cat\n\tonly_from = 10.0.0.0/8\n\tper_source = 3",
+                                   "tftp"))
+    data, err, text = imported(tmp_path, conf)
+    assert data["services"]["tftp"] == {"listen": "0.0.0.0:6969", "protocol": "udp", "server": "/bin/cat"}
+    assert f"{conf}:7: warning: tftp: not imported: only_from: [10.0.0.0/8] (superd applies it" in err
+    assert f"{conf}:8: warning: tftp: not imported: per_source: 3" in err
+
+
+def test_redirect_is_left_out_saying_why(tmp_path):
+    conf = tmp_path / "fwd"
+    conf.write_text(xinetd_service("\tsocket_type = stream\n\twait = no\n\tport = 7777\n"
+                                   "\tredirect = 10.0.0.1 80", "fwd")
+                    + xinetd_service(BASE, "kept"))
+    data, err, _ = imported(tmp_path, conf)
+    assert list(data["services"]) == ["kept"]
+    assert f"{conf}:6: warning: fwd: service left out: redirect: superd does not forward" in err
+
+
+def test_format_option_reads_a_file_as_told(tmp_path):
+    conf = tmp_path / "odd"
+    conf.write_text("# auto: xinetd's, from its first line that is not a comment\n" + xinetd_service(BASE))
+    assert "demo" in imported(tmp_path, "--format", "xinetd", conf)[0]["services"]
+    err = refused(tmp_path, "--format", "inetd", conf)
+    assert f"{conf}:2: expected SERVICE SOCKET-TYPE" in err
+
+
 def test_inetd_and_xinetd_together(tmp_path):
     inetd = tmp_path / "inetd.conf"
     inetd.write_text("echo stream tcp nowait root internal\n")

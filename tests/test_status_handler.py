@@ -444,6 +444,35 @@ def test_any_document_renders_and_parses(doc):
     page.encode("utf-8", "replace")
 
 
+FINITE_JSON = st.recursive(
+    st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@FUZZ
+@given(JSON_VALUES.map(json.dumps) | st.text(alphabet=' \t\n{}[]",:0123456789.eE+-truefalsn\\',
+                                             max_size=30))
+def test_json_value_agrees_with_json_loads(text):
+    """The handler parses JSON with _json's scanner, not the json module."""
+    status = load_status()
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            status.json_value(text)
+    else:
+        assert repr(status.json_value(text)) == repr(expected)     # repr: NaN is NaN
+
+
+@FUZZ
+@given(FINITE_JSON)
+def test_json_text_is_json(value):
+    text = load_status().json_text(value)
+    assert text.isascii() and json.loads(text) == value
+
+
 @FUZZ
 @given(st.binary(max_size=300))
 def test_any_head_parses_or_is_an_http_error(head):

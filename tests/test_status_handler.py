@@ -11,8 +11,10 @@ document on a UNIX socket in tmp_path, or answers nothing, or garbage.
   connections and a chart whose polylines carry the history's rates, and a
   screenshot at phone and desk widths is not blank.
 - Hostile clients and a daemon that is missing, silent or talks garbage get
-  a status answer, never a traceback.
-- Last, `internal: status` under a real superd, in both modes.
+  a status answer, never a traceback; hypothesis mangles the fixture at any
+  depth and throws bytes at the head parser.
+- Last, `internal: status` under a real superd: nowait (exec'd and
+  preloaded) and wait.
 
 Every socket has a timeout; nothing sleeps to synchronise.
 """
@@ -614,6 +616,33 @@ def test_no_control_socket_is_503(status, tmp_path, where):
     assert head.status == 503 and head.body == b""
     exit_status, log = handler.finish()
     assert exit_status == 0 and "Traceback" not in log
+
+
+def test_diagnostics_never_reach_a_client_on_fd_2(tmp_path):
+    """Under inetd and xinetd fd 2 is the client's socket too: the 503's
+    reason goes in the answer, and no log line follows it onto the wire."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        proc = subprocess.Popen([sys.executable, str(STATUS)], stdin=theirs, stdout=theirs,
+                                stderr=theirs, start_new_session=True,
+                                env={"SUPERD_CONTROL": str(tmp_path / "none")})
+        theirs.close()
+        try:
+            ours.settimeout(TIMEOUT)
+            ours.sendall(request("/metrics", headers=[("Connection", "close")]))
+            answer = read_all(ours)
+            assert proc.wait(TIMEOUT) == 0
+        finally:
+            kill_group(proc)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"superd-status[" not in answer
+
+
+def test_the_page_lists_at_most_500_connections():
+    doc = fixture_document()
+    doc["connections"] = [dict(doc["connections"][0], id=n) for n in range(600)]
+    page = load_status().render_page(doc, "nonce")
+    assert page.count('<td class="n" data-label="Id">') == 500
+    assert "and 100 more" in page and "Live connections <span class=\"sub\">(600)" in page
 
 
 def test_the_control_option_beats_the_environment(status, control):

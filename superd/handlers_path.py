@@ -66,16 +66,18 @@ def _cache_dir():
     """The first usable of $CACHE_DIRECTORY (systemd's CacheDirectory=, the first
     if it names several), $XDG_CACHE_HOME/superd, $HOME/.cache/superd and
     superd-UID in the temporary folder.  Usable: superd's own user owns it, no
-    one else may write to it.  Only the parts below an existing folder are made:
-    a $HOME or $XDG_CACHE_HOME that does not exist is passed over, never created
-    (a daemon's user often has a home that is not there, such as /nonexistent)."""
+    one else may write to it.  Only the parts below an existing folder are made
+    (mode 0700): $XDG_CACHE_HOME itself if its parent exists, as the XDG spec
+    asks, but never a $HOME that does not exist (a daemon's user often has a
+    home that is not there, such as /nonexistent): it is passed over."""
     import tempfile
     environ = os.environ
     candidates = []               # (a folder that must exist, the parts below it to make)
     if environ.get("CACHE_DIRECTORY"):
         candidates.append((environ["CACHE_DIRECTORY"].split(":")[0], ()))
     if environ.get("XDG_CACHE_HOME"):
-        candidates.append((environ["XDG_CACHE_HOME"], ("superd",)))
+        xdg = Path(environ["XDG_CACHE_HOME"])
+        candidates.append((xdg.parent, (xdg.name, "superd")))
     if environ.get("HOME"):
         candidates.append((environ["HOME"], (".cache", "superd")))
     candidates.append((tempfile.gettempdir(), (f"superd-{os.geteuid()}",)))

@@ -112,12 +112,27 @@ def _first(attributes, name):
 
 def _core(entry, block, attributes, report):
     """Socket, address, program and credentials: the attributes read together."""
-    get = lambda name: _first(attributes, name)                 # noqa: E731
     line = lambda name: attributes[name].line if name in attributes else block.line  # noqa: E731
     types = {t.upper() for t in attributes["type"].values} if "type" in attributes else set()
     flags = {f.upper() for f in attributes["flags"].values} if "flags" in attributes else set()
     if types & {"RPC", "TCPMUX", "TCPMUXPLUS"}:
         return entry.skip(report, line("type"), f"type = {' '.join(sorted(types))}: {RPC} or TCPMUX")
+    port = _socket(entry, block, attributes, flags, line, report)
+    if entry.skipped:
+        return None
+    if "INTERNAL" in types:
+        _internal(entry, block, port, attributes, report)
+    else:
+        _program(entry, attributes, flags, line, report)
+    for flag in sorted(flags - FLAGS_DONE):
+        entry.unmapped(report, line("flags"), f"flags {flag}", "superd has no such option")
+    return None
+
+
+def _socket(entry, block, attributes, flags, line, report):
+    """listen, protocol and mode from socket_type, protocol, port, bind, flags
+    and wait; returns the port (the entry is skipped if they do not fit)."""
+    get = lambda name: _first(attributes, name)                 # noqa: E731
     socket_type, protocol = get("socket_type"), get("protocol")
     protocol = protocol or {"stream": "tcp", "dgram": "udp"}.get(socket_type, "")
     if (socket_type, protocol) not in (("stream", "tcp"), ("dgram", "udp")):
@@ -141,12 +156,7 @@ def _core(entry, block, attributes, report):
                     "one handler gets the socket and may answer many datagrams")
     elif wait == "yes" and protocol == "tcp":
         entry.set("mode", "wait")
-    if "INTERNAL" in types:
-        _internal(entry, block, port, attributes, report)
-    else:
-        _program(entry, attributes, flags, line, report)
-    for flag in sorted(flags - FLAGS_DONE):
-        entry.unmapped(report, line("flags"), f"flags {flag}", "superd has no such option")
+    return port
 
 
 def _internal(entry, block, port, attributes, report):

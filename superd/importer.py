@@ -61,7 +61,7 @@ def main(argv):
     except ImportFailure as failure:
         _print_warnings(report)
         for problem in failure.problems:
-            print(f"superd import: {problem.message}" if problem.file == ME else problem,
+            print(_printable(f"superd import: {problem.message}" if problem.file == ME else problem),
                   file=sys.stderr)
         print(f"superd import: {len(failure.problems)} error(s); nothing written", file=sys.stderr)
         return EX_CONFIG
@@ -171,14 +171,14 @@ def render(head, entries, header):
     lines = list(header)
     owners = {}
     if head.settings or head.notes:
-        lines += ["", f"# xinetd defaults: {head.file}:{head.line}", "defaults:"]
+        lines += ["", f"# xinetd defaults: {_comment(head.file)}:{head.line}", "defaults:"]
         lines += [f"  # {_comment(n)}" for n in head.notes]
         for key, value in head.settings.items():
             owners[len(lines) + 1] = (head, key)
             lines.append(_setting("  ", key, value, head.remarks.get(key)))
     lines.append("services:")
     for entry in entries:
-        lines += ["", f"  # {_comment(entry.title)}: {entry.file}:{entry.line}"]
+        lines += ["", f"  # {_comment(f'{entry.title}: {entry.file}:{entry.line}')}"]
         lines += [f"  # {_comment(n)}" for n in entry.notes]
         body = [f"  {_flow(entry.name)}:"] + [_setting("    ", k, v, entry.remarks.get(k))
                                       for k, v in entry.settings.items()]
@@ -204,16 +204,22 @@ def _flow(value):
     return text[:-5] if text.endswith("\n...\n") else text.rstrip("\n")
 
 
-def _comment(text):
+def _comment(text, limit=200):
     """text fit for one comment line: printable, bounded."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return text if len(text) <= 200 else text[:197] + "..."
+    text = _printable(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _printable(text):
+    """text with what a terminal or a YAML comment would act on escaped (a file
+    name may hold a newline or an escape sequence)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _header(report, xinetd):
     lines = ["# services.yaml for superd(8), written by `superd import` from:"]
     for path, cause in report.files:
-        lines.append(f"#   {_comment(path)}" + (f" (included from {cause[0]}:{cause[1]})" if cause else ""))
+        lines.append("#   " + _comment(path + (f" (included from {cause[0]}:{cause[1]})" if cause else "")))
     lines += ["# Above each service: the file and line it came from, and what was not",
               "# imported.  A service superd cannot run is here commented out, with the",
               "# reason.  Check the file with: superd --check -f FILE"]
@@ -225,5 +231,5 @@ def _header(report, xinetd):
 def _print_warnings(report):
     for w in report.warnings:
         about = f"{w.key}: " if w.key else ""
-        print(f"{w.file}:{w.line}: warning: {about}{w.message}", file=sys.stderr)
+        print(_printable(f"{w.file}:{w.line}: warning: {about}{w.message}"), file=sys.stderr)
 

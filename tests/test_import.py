@@ -351,6 +351,27 @@ def test_hostile_input_is_an_error_with_file_and_line(tmp_path, make, fragment):
     assert len(err) < 10_000                     # bounded, whatever the input
 
 
+def test_file_names_with_control_characters_stay_on_their_line(tmp_path):
+    folder = tmp_path / "xinetd.d"
+    folder.mkdir()
+    (folder / "evil\nservices:\x1b[2J").write_text(xinetd_service(BASE + "\tnice = 5"))
+    data, err, text = imported(tmp_path, folder)
+    assert list(data["services"]) == ["demo"]
+    assert "\x1b" not in err + text and "evil\\nservices:\\x1b[2J" in err
+
+
+def test_deep_include_chains_and_many_errors_stop(tmp_path):
+    for n in range(20):
+        (tmp_path / f"f{n}").write_text(f"include f{n + 1}\n")
+    (tmp_path / "f20").write_text(xinetd_service(BASE))
+    assert "f15:1: includes nest deeper than 16 files" in refused(tmp_path, tmp_path / "f0")
+    garbage = tmp_path / "garbage"
+    garbage.write_text("no\n" * 10_000)
+    err = refused(tmp_path, garbage)
+    assert f"{garbage}:50: too many errors; stopped reading" in err
+    assert len(err.splitlines()) < 60
+
+
 def test_unreadable_file_and_bad_usage(tmp_path):
     assert "cannot read" in refused(tmp_path, tmp_path / "missing")
     assert "not a regular file" in refused(tmp_path, "/dev/zero")

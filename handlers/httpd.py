@@ -1525,7 +1525,7 @@ SIGNALS_TO_RESET = tuple(sorted(set(valid_signals()) - {SIGKILL, SIGSTOP}))
 # program uses after start-up is absolute, so its own folder does not matter.
 CHDIR_LOCK = _thread.allocate_lock()
 PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-CGI_PIDS = set()            # CGI programs running now: a hasty exit kills their groups
+CGI_PIDS = set()            # CGI programs started and not reaped: a hasty exit kills them
 POLLIN = select.POLLIN
 
 
@@ -1634,6 +1634,7 @@ def spawn_script(script, env, stdin_fd, stderr_fd):
             pid = os.posix_spawn(script.path, [script.path], env,
                                  file_actions=actions, setsid=True,
                                  setsigdef=SIGNALS_TO_RESET, setsigmask=())
+            CGI_PIDS.add(pid)      # under the lock: see Worker.hurry
     except BaseException:
         os.close(out_r)
         raise
@@ -1699,7 +1700,6 @@ class CgiRun:
         """Relay the whole answer; return a local redirect's Location or None."""
         conn = self.conn
         self.pid, self.stdout = spawn_script(self.script, env, stdin_fd, conn.log.child_fd())
-        CGI_PIDS.add(self.pid)
         try:
             poller = select.poll()
             poller.register(self.stdout, POLLIN)
@@ -2431,6 +2431,7 @@ class Worker:
         import _signal
         _signal.set_wakeup_fd(self.wake_w)
         _signal.signal(_signal.SIGTERM, _ignore_signal)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))  # see serve_listeners
         poller = self.poller
         poller.register(self.wake_r, EPOLLIN)
         if self.control is not None:
@@ -2913,13 +2914,16 @@ class Worker:
         for conn in list(self.conns.values()):
             conn.keep = False
             if conn.state is READING and not conn.buf.strip(_BLANK):
-                self.close(conn)
+                self.readable(conn)     # bytes the loop has yet to see: not idle
+                if conn.state is READING and not conn.buf.strip(_BLANK):
+                    self.close(conn)
 
     def hurry(self):
         """Leave at once: CGI programs killed with their groups, the other
         workers told to do the same; each client is simply closed."""
         self.tell(b"h")
-        for pid in list(CGI_PIDS):
+        CHDIR_LOCK.acquire()       # a program being started is in CGI_PIDS once we have it
+        for pid in CGI_PIDS:
             try:
                 os.killpg(pid, SIGKILL)
             except OSError:
@@ -3041,7 +3045,11 @@ def serve_listeners(listeners, settings, log):
     or when this process dies (the pipe reaches end of file).  This process
     leaves last, after its workers, so a launcher that watches it never
     sees the socket in use by an orphan.  The listeners are non-blocking
-    while we own them, blocking again when we leave."""
+    while we own them, blocking again when we leave.  TERM is blocked from
+    here until each Worker is ready for it: one that comes in between waits
+    (and is a graceful stop), rather than killing a half-started worker."""
+    import _signal
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
     for sock in listeners:
         sock.setblocking(False)
     workers = []                      # (pid, the write end of its pipe)
@@ -3053,10 +3061,17 @@ def serve_listeners(listeners, settings, log):
                 os.close(tell)
                 for _pid, w in workers:
                     os.close(w)
+                status = 0
                 try:
                     Worker(listeners, settings, log, control=control).run()
+                except KeyboardInterrupt:
+                    pass
+                except BaseException:
+                    import traceback
+                    log.diag("worker failed: " + traceback.format_exc().replace("\n", " | "))
+                    status = EX_OSERR
                 finally:
-                    os._exit(0)
+                    os._exit(status)
             os.close(control)
             workers.append((pid, tell))
         Worker(listeners, settings, log, children=workers).run()

@@ -2796,7 +2796,9 @@ class Worker:
 
     def in_thread(self, conn):
         """A thread's whole life: answer conn's current request by the
-        blocking code, then give the connection back (closed if done)."""
+        blocking code, then give the connection back.  Never closes it: the
+        loop does, so that its fd number cannot be reused by a client the
+        loop accepts before it has heard of the close."""
         try:
             conn.make_blocking()
             if not exchange(conn, answer_current):
@@ -2808,9 +2810,6 @@ class Worker:
             conn.keep = False
             conn.log.diag("connection failed: %r" % exc)
         finally:
-            if not conn.keep or self.stopping:
-                conn.close()
-                conn.closed = True
             self.returned.append(conn)
             try:
                 os.write(self.wake_w, b"\0")
@@ -2828,12 +2827,12 @@ class Worker:
             self.terminated()
         returned, self.returned = self.returned, []
         for conn in returned:
-            if conn.closed:
-                self.forget(conn)
-                continue
             conn.in_loop = True
             conn.sock.setblocking(False)
             conn.state = READING
+            if not conn.keep or self.stopping:
+                self.close(conn)
+                continue
             self.watch(conn, EPOLLIN)
             self.set_deadline(conn, self.clock() + self.settings.keepalive_timeout)
             if conn.buf:
@@ -2874,8 +2873,10 @@ class Worker:
             self.close(conn, linger=False)
 
     def forget(self, conn):
-        if self.conns.pop(conn.fd, None) is not None and not self.conns:
-            self.last = self.clock()
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+            if not self.conns:
+                self.last = self.clock()
         self.watch_listeners(True)
 
     # -- stopping -------------------------------------------------------------

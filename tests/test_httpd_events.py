@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
@@ -186,6 +187,35 @@ def test_term_with_no_client_exits_at_once(procs, site):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(TIMEOUT) == 0
     assert group_members(proc.pid) == []
+
+
+def test_concurrent_cgi_answers_that_close_lose_no_client(procs, site):
+    """A CGI answer's connection is closed by the loop, never by its thread:
+    a thread that closed it freed its fd number for the next accepted
+    client, and the loop then forgot (and reset) that client instead."""
+    proc, port, log = worker(procs, site, "--workers", "1", "--quiet")
+    failures = []
+
+    def client(path):
+        try:
+            for _ in range(15):
+                with connect(port) as sock:
+                    sock.sendall(request(path, headers=[("Connection", "close")]))
+                    reader = Reader(sock)
+                    assert reader.response().status == 200
+                    assert reader.at_eof()
+        except Exception as exc:         # reported below, in the test's thread
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(path,))
+               for path in ["/cgi-bin/length.sh", "/alpha.txt"] * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 3)
+    assert failures == []
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
 
 
 # -- hostile clients ---------------------------------------------------------

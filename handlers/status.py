@@ -563,7 +563,8 @@ def table(columns, rows, empty):
 
 def breakdown(pairs):
     """ "reason 2, other 1" for [(reason, count)]: one line each, escaped."""
-    return "<br>".join('<span class="sub">%s</span> %s' % (esc(k), shown(v)) for k, v in pairs)
+    return "<br>".join('<span class="pair"><span class="sub">%s</span> %s</span>'
+                       % (esc(k), shown(v)) for k, v in pairs)
 
 
 def state_badge(svc):
@@ -773,7 +774,8 @@ tbody tr:last-child td { border-bottom: 0; }
 th { font-size: .78rem; text-transform: uppercase; letter-spacing: .03em; color: var(--muted);
   white-space: nowrap; }
 .n { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-size: .92em; overflow-wrap: anywhere; }
+code { font-size: .92em; }
+td code, .pair { white-space: nowrap; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 9px; font-size: .8rem;
   font-weight: 600; color: #fff; background: var(--ok); }
 .badge.paused { background: var(--warn); }
@@ -786,6 +788,7 @@ footer { color: var(--muted); font-size: .85rem; padding-bottom: 24px; }
   tbody tr:last-child { border-bottom: 0; }
   td, tbody tr:last-child td { display: flex; justify-content: space-between; gap: 12px;
     padding: 2px 12px; border: 0; text-align: right; }
+  td code, .pair { white-space: normal; overflow-wrap: anywhere; }
   td::before { content: attr(data-label); color: var(--muted); font-size: .78rem;
     text-transform: uppercase; text-align: left; white-space: nowrap; }
 }

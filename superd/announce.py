@@ -11,12 +11,15 @@ from superd import systemd
 from superd.sysutil import unlink_quietly
 
 
-def write_ready_file(path, records):
-    """{"pid": N, "services": {name: [address, ...]}} at path; OSError if it cannot."""
+def write_ready_file(path, records, control=None):
+    """{"pid": N, "services": {name: [address, ...]}, "control": PATH} at path
+    (control only when there is a control socket); OSError if it cannot."""
     if not path:
         return
     ready = {"pid": os.getpid(),
              "services": {r.name: [l.text for l in r.listeners] for r in records}}
+    if control:
+        ready["control"] = control
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:

@@ -15,6 +15,7 @@ from functools import partial
 
 from superd import reaping
 from superd.records import EXITING
+from superd.status import outcome as status_outcome
 from superd.sysutil import killpg, readable
 
 
@@ -28,9 +29,14 @@ class Children:
         self.clock = clock
         self.thresholds = thresholds
         self.grace = grace
+        self.doomed = set()       # ids of connections to end as soon as their handler runs
 
     def watch(self, conn):
-        """A handler runs: arm its service's timeout."""
+        """A handler runs: arm its service's timeout (or end it, if it was killed meanwhile)."""
+        if conn.id in self.doomed:
+            self.doomed.discard(conn.id)
+            self.end(conn)
+            return
         timeout = conn.record.service.timeout
         if timeout:
             conn.timeout = timeout
@@ -63,12 +69,16 @@ class Children:
     def _alive(self, conn):
         return conn.pid is not None and self.table.by_pid.get(conn.pid) is conn
 
-    def end_wait_handler(self, conn):
-        """A wait-mode handler owns its listener: closing superd's copy does not
-        refuse its clients, so a reload that drops the listener ends it as a
-        stop does, TERM now and KILL after the grace period."""
+    def end(self, conn):
+        """TERM its process group now and KILL it after the grace period, as a
+        stop does: `superdctl kill`, and a reload that drops the listener a
+        wait-mode handler owns (closing superd's copy does not refuse its
+        clients)."""
         self.terminate(conn)
         self.timers.at(self.clock() + self.grace, partial(self._kill, conn))
+
+    def end_when_started(self, conn):
+        self.doomed.add(conn.id)
 
     def stop(self):
         """A stop: TERM the wait-mode handlers (they never end by themselves),
@@ -133,6 +143,7 @@ class Children:
         fast = now - conn.started < self.thresholds.fast_exit
         if outcome.get("status", 1) != 0 and not conn.timed_out and fast:
             self.services.failed(record, now)
+        record.counters.exited(status_outcome(outcome, conn.timed_out), now - conn.started)
         extra = {"timeout": 1} if conn.timed_out else {}
         self.log.info("exit", service=record.name, client=conn.client, conn=conn.id,
                       pid=conn.pid, **outcome, duration=round(now - conn.started, 6), **extra)

@@ -83,6 +83,8 @@ class Service:
 class Config:
     path: str
     services: tuple           # enabled and disabled Service objects, in file order
+    control: str = ""         # the control socket's path, "none", or "" for the default
+    control_gid: int = None   # control_group: the socket is 0660 for it
 
     @property
     def enabled(self):
@@ -123,7 +125,7 @@ SERVICE_KEYS = {
 NOWAIT_ONLY = ("only_from", "no_access", "per_source", "per_source_v6_prefix",
                "per_source_rate", "proxy_protocol", "proxy_from", "proxy_timeout")
 NOT_IN_DEFAULTS = {"listen", "server", "internal"}
-TOP_KEYS = ("defaults", "services", "include")
+TOP_KEYS = ("defaults", "services", "include", "control", "control_group")
 # What xinetd and inetd.conf call a key, for the message about an unknown key.
 FOREIGN_KEYS = {
     "server_args": "args", "socket_type": "protocol", "port": "listen", "bind": "listen",
@@ -168,10 +170,36 @@ def load(path, environ=None):
         raise ConfigError(found.problems)
     services, origins = _top_level(tree, found, path.parent, os.environ if environ is None else environ)
     _check_addresses(services, origins)
+    control, control_gid = _control(tree, found, path.parent)
     if found.problems:
         # an error in defaults is found once per service that inherits it
         raise ConfigError(dict.fromkeys(found.problems))
-    return Config(str(path), tuple(services))
+    return Config(str(path), tuple(services), control, control_gid)
+
+
+def _control(tree, found, folder):
+    """control: PATH | none (a relative path is the file's folder's) and control_group."""
+    if not isinstance(tree, yamlfile.Located):
+        return "", None
+    path, gid = "", None
+    if "control" in tree:
+        value = tree["control"]
+        if not isinstance(value, str) or not value or "\0" in value:
+            found.add(tree.lines["control"], "control", "expected a path, or none")
+        elif value != "none":
+            path = str(folder / value) if not value.startswith("/") else value
+            if len(path.encode()) > 107:
+                found.add(tree.lines["control"], "control",
+                          f"a UNIX socket path is at most 107 bytes; {len(path.encode())} here")
+        else:
+            path = "none"
+    if "control_group" in tree:
+        value = tree["control_group"]
+        try:
+            gid = _lookup(grp.getgrnam, grp.getgrgid, values.name_or_id(value)).gr_gid
+        except (KeyError, ValueError, TypeError, OverflowError):
+            found.add(tree.lines["control_group"], "control_group", f"no group {value!r}")
+    return path, gid
 
 
 def _read(path, found):
@@ -203,7 +231,7 @@ def _top_level(tree, found, folder, environ):
     for key in tree:
         if key not in TOP_KEYS and not _is_extension(key):
             found.add(tree.lines[key], key, unknown(key, TOP_KEYS).replace("key", "top-level key", 1)
-                      + "; expected defaults, services, include, or x-NAME")
+                      + "; expected defaults, services, include, control, control_group, or x-NAME")
     defaults = tree.get("defaults") or yamlfile.Located(tree.line)
     if not isinstance(defaults, yamlfile.Located):
         found.add(tree.lines["defaults"], "defaults", "expected a mapping of service settings")

@@ -10,7 +10,6 @@ itself is handed on, as one activation.
 """
 
 import errno
-import os
 
 from superd import limits, spawn
 from superd.records import PROXY_WAIT, QUEUED
@@ -70,7 +69,7 @@ class Intake:
         self.services.block(listener, "busy")
         conn = self.table.open(record, listener, listener.fd, None, wait=True)
         listener.owner = conn
-        conn.env = {"SUPERD_CONN": str(conn.id)}
+        conn.env = {**record.env, "SUPERD_CONN": str(conn.id)}
         self.starter.start(conn)
         self.services.sync(record)
 
@@ -115,6 +114,7 @@ class Intake:
             local = conn.local or conn.listener.local or local_address(conn.fd)
             conn.env = spawn.connection_env(peer, local)
             conn.client = client_text(conn.env["REMOTE_ADDR"], peer[1])
+        conn.env.update(conn.record.env)
         conn.env["SUPERD_CONN"] = str(conn.id)
 
     def start_queued(self, record):

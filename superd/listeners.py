@@ -118,7 +118,7 @@ def _bind_inet(family, kind, host, port, v6only=None):
 
 
 def _bind_unix(path):
-    _remove_stale(path)
+    remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -129,7 +129,7 @@ def _bind_unix(path):
     return sock
 
 
-def _remove_stale(path):
+def remove_stale(path):
     """Unlink a socket file nobody listens on; refuse to touch anything else."""
     try:
         mode = os.lstat(path).st_mode

@@ -88,6 +88,10 @@ class ProxyReader:
         if conn.record.proxy_wait.get(conn.id) is conn:
             self._finish(conn, "proxy_timeout", f"no complete header within {conn.proxy_timeout:g} s")
 
+    def drop(self, conn, reason, detail):
+        """Refuse a waiting connection now (superdctl kill)."""
+        self._finish(conn, reason, detail)
+
     def _finish(self, conn, reason, detail):
         self._forget(conn)
         self.on_refused(conn, reason, detail)

@@ -42,6 +42,7 @@ class ServiceRecord:
         self.proxy_wait = OrderedDict()   # conn id -> Connection, oldest first
         self.queue = deque()      # Connections admitted and waiting for a slot or a pause
         self.guard = None
+        self.env = {}             # added to each connection's environment (SUPERD_CONTROL)
         self.configure(service, recipe, warm, thresholds)
 
     def configure(self, service, recipe, warm, thresholds):

@@ -15,11 +15,9 @@ answer.  Once a handler runs, children.Children owns its end.
 """
 
 import errno
-import os
-import signal
 
 from superd.records import STARTING
-from superd.sysutil import errname, killpg
+from superd.sysutil import errname
 
 SHORT_OF = (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)   # the machine, not the service
 
@@ -76,7 +74,7 @@ class Starter:
             if self.services.stopping:
                 self.children.terminate(conn)    # as a stop did to the handlers it knew
             elif conn.listener.sock.fileno() == -1:
-                self.children.end_wait_handler(conn)   # a reload closed it meanwhile
+                self.children.end(conn)   # a reload closed it meanwhile
         return True
 
     def unanswered(self, conn):
@@ -94,6 +92,7 @@ class Starter:
         """A handler runs: its connection is in the table by pid until it is reaped."""
         record = conn.record
         record.counters.started += 1
+        record.counters.spawn.observe(max(0.0, self.clock() - conn.accepted))
         self.table.running(conn, pid)
         self.children.watch(conn)
         if err_fd is not None:

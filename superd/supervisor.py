@@ -22,16 +22,18 @@ Rule 2: a reload changes nothing until the new file has loaded and every new
 listener is bound; then it swaps records in one step.
 """
 
+import dataclasses
 import os
 import selectors
 import signal
 import socket
 import time
 
-from superd import announce, preload, reaping, spawn, systemd, tuning
+from superd import announce, control, preload, reaping, snapshot, spawn, systemd, tuning
 from superd import config as configuration
 from superd import listeners as sockets
 from superd.children import Children
+from superd.commands import Commands
 from superd.intake import Intake
 from superd.pending import ProxyReader
 from superd.records import ConnectionTable, ServiceRecord
@@ -65,6 +67,9 @@ class Supervisor:
         self.timers = Timers()
         self.listeners = {}       # identity -> Listener, for every current listen entry
         self.table = ConnectionTable(clock)
+        self.config = None        # the running config.Config
+        self.started_wall = time.time()
+        self.reloads = {"ok": 0, "failed": 0}
         self._build(log, grace, thresholds)
 
     def _build(self, log, grace, thresholds):
@@ -90,6 +95,13 @@ class Supervisor:
                                    on_refused=lambda c, r, d: self.intake.proxy_refused(c, r, d))
         self.intake = Intake(self.services, table, self.proxies, self.starter, log, clock,
                              thresholds)
+        self.history = snapshot.History(clock)
+        self.commands = Commands(self.services, table, self.children, self.intake, self.proxies,
+                                 self.history, clock, log, reload=self.reload,
+                                 config=lambda: self.config,
+                                 daemon=lambda: snapshot.daemon(self.started_wall, self.reloads))
+        self.control = control.ControlServer(selector, timers, clock, log, self.commands.answer,
+                                            thresholds.control_deadline)
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -113,8 +125,9 @@ class Supervisor:
         self.log.info("started", pid=os.getpid(), config=self.config_path,
                       services=len(self.services.records))
         self.services.check_load()
+        self._open_control()
         try:
-            announce.write_ready_file(self.ready_file, self.services)
+            announce.write_ready_file(self.ready_file, self.services, self.control.path)
         except OSError as err:
             self._abandon_start()
             raise ReadyFileError(self.ready_file, err) from err
@@ -126,9 +139,24 @@ class Supervisor:
             listener.close()
         self.listeners = {}
         self.warm.stop_all()
+        self.control.close()
+
+    def _open_control(self):
+        """The control socket; superd serves without one if it cannot be had (logged)."""
+        path = self.config.control or control.default_path(os.environ, os.geteuid(),
+                                                            self.ready_file)
+        if path in (None, "none"):
+            return
+        try:
+            self.control.open(path, self.config.control_gid)
+        except OSError as err:
+            self.log.error("control-unavailable", path=path, error=errname(err))
+            return
+        self.log.info("control", path=path)
 
     def _install(self, config, recipes):
         """The records of the new configuration (a kept service keeps its record)."""
+        self.config = config
         records = {}
         for service in config.enabled:
             record = self.services.get(service.name)
@@ -142,11 +170,21 @@ class Supervisor:
             keys = dict.fromkeys(sockets.identity(service.name, a, service.protocol)
                                  for a in service.listen)
             record.listeners = [self.listeners[k] for k in keys]
+            record.env = {"SUPERD_CONTROL": self._control_path()} \
+                if service.internal == "status" else {}
             records[service.name] = record
             for listener in record.listeners:
                 self.log.info("listening", service=service.name, address=listener.text,
                               adopted=int(listener.adopted))
         self.services.records = records
+
+    def _control_path(self):
+        """Where the status handler asks (the socket is opened after the records)."""
+        if self.control.path:
+            return self.control.path
+        path = (self.config.control or
+                control.default_path(os.environ, os.geteuid(), self.ready_file))
+        return "" if path in (None, "none") else path
 
     def _signals(self):
         self.wake_r, self.wake_w = socket.socketpair()
@@ -168,7 +206,10 @@ class Supervisor:
                 flush_log()               # before sleeping: no line waits longer
                 for key, _ in wait_for_events(timers.delay(clock())):
                     self._guarded(key.data)
-                self._guarded(timers.run_due, clock())
+                now = clock()
+                self._guarded(timers.run_due, now)
+                self.history.maybe_sample(now, self.services.records.values())
+            self.control.close()
             self.log.info("stopped", pid=os.getpid())
         finally:
             flush_log()
@@ -213,6 +254,7 @@ class Supervisor:
                           **record.counters.fields(record.running))
 
     def reload(self):
+        """HUP and `superdctl reload`: load, validate, bind, then swap; returns the verdict."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
         self.log.info("reloading", config=self.config_path)
@@ -223,9 +265,12 @@ class Supervisor:
         except configuration.ConfigError as err:
             for problem in err.problems:
                 self.log.error("config-error", problem=str(problem))
-            return self._reload_failed(errors=len(err.problems))
+            return self._reload_failed([str(p) for p in err.problems], errors=len(err.problems))
         except (spawn.SpawnSetupError, OSError) as err:
-            return self._reload_failed(address=getattr(err, "address", ""), error=errname(err))
+            address = getattr(err, "address", "")
+            why = f"{address}: {errname(err)}" if address else errname(err)
+            return self._reload_failed([why], address=address, error=errname(err))
+        verdict = self._changes(config)
         for listener in unwanted:
             self._close_listener(listener)
         for record in self.services:
@@ -238,12 +283,27 @@ class Supervisor:
             self.services.freed(record)   # a larger `instances` has room for the queued now
         self.services.restart_load_checks()
         self._announce()             # before the log line: readers wait for that line
+        self.reloads["ok"] += 1
         self.log.info("reloaded", config=self.config_path, services=len(self.services.records))
+        return verdict
 
-    def _reload_failed(self, **fields):
+    def _changes(self, new):
+        """What a reload to `new` changes, by service name."""
+        old = {s.name: s for s in self.config.enabled}
+        fresh = {s.name: s for s in new.enabled}
+        return {"ok": True,
+                "added": sorted(set(fresh) - set(old)), "removed": sorted(set(old) - set(fresh)),
+                "changed": sorted(n for n in set(old) & set(fresh)
+                                  if _settings(old[n]) != _settings(fresh[n])),
+                "unchanged": sorted(n for n in set(old) & set(fresh)
+                                    if _settings(old[n]) == _settings(fresh[n]))}
+
+    def _reload_failed(self, messages, **fields):
+        self.reloads["failed"] += 1
         self.log.error("reload-failed", config=self.config_path, **fields,
                        kept="the running configuration")
         systemd.notify("READY=1")
+        return {"ok": False, "error": "the running configuration is kept", "errors": messages}
 
     def _close_listener(self, listener):
         """A listen entry the new file dropped: new clients are refused from now on."""
@@ -254,7 +314,7 @@ class Supervisor:
                       **({"handler": owner.pid} if owner else {}))
         listener.close()
         if owner:
-            self.children.end_wait_handler(owner)
+            self.children.end(owner)
 
     def _remove(self, record):
         """A service the new file dropped: its running handlers finish."""
@@ -268,7 +328,7 @@ class Supervisor:
         """After a reload: the ready file anew (a failure is logged: the old
         file still names a live pid), then systemd."""
         try:
-            announce.write_ready_file(self.ready_file, self.services)
+            announce.write_ready_file(self.ready_file, self.services, self.control.path)
         except OSError as err:
             self.log.error("ready-file-failed", path=self.ready_file, error=errname(err))
         announce.notify_ready(self.services)
@@ -293,3 +353,8 @@ class Supervisor:
         self.log.info("stopping", signal=reaping.signal_name(sig),
                       running=len(self.table.by_pid), grace=self.children.grace)
         self.children.stop()          # after closing: a reader may rely on that line
+
+
+def _settings(service):
+    """A service's settings less where it stands in the file."""
+    return dataclasses.replace(service, line=0)

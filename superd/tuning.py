@@ -28,6 +28,7 @@ class Thresholds:
     looping_pause: float = 30.0      # seconds a looping service rests
     reply_timeout: float = 5.0       # seconds a spawn server may leave starts unanswered
     lost_check: float = 1.0          # seconds between looks for handlers lost with their server
+    control_deadline: float = 5.0    # seconds a control client has, from connect to answer read
 
 
 def from_text(text):

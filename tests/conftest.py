@@ -245,8 +245,11 @@ def start_superd(tmp_path, config_text, *, args=(), env=None, name="services.yam
     notify_path = tmp_path / (name + ".notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
+    # as systemd's RuntimeDirectory= would: each daemon's control socket its own
+    runtime = tmp_path / (name + ".run")
+    runtime.mkdir(exist_ok=True)
     child_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "NOTIFY_SOCKET": str(notify_path)}
+                 "NOTIFY_SOCKET": str(notify_path), "RUNTIME_DIRECTORY": str(runtime)}
     child_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "superd", "-f", str(config), "--ready-file", str(ready), *args],

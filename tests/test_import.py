@@ -112,6 +112,8 @@ def test_debian_xinetd_d_folder_and_single_file(tmp_path):
     ("\trlimit_as = 64M\n\trlimit_cpu = 30\n\trlimit_files = UNLIMITED\n\trlimit_core = 0",
      {"rlimits": {"as": "64M", "cpu": 30, "nofile": "unlimited", "core": 0}}),
     ("\tonly_from =", {"enabled": False}),          # xinetd: nobody; superd's empty list is everyone
+    ("\tinstances = UNLIMITED\n\tper_source = UNLIMITED", {"instances": None, "per_source": None}),
+    ("\tgroups = yes", {"server": "/bin/cat"}),     # superd's way: the user's groups
 ])
 def test_xinetd_attribute_maps(tmp_path, lines, expected):
     conf = tmp_path / "demo"
@@ -157,6 +159,15 @@ def test_xinetd_defaults_plus_equals_and_switches(tmp_path):
     assert a["listen"] == "127.0.0.1:7070" and a["only_from"] == ["127.0.0.1/32", "10.0.0.0/8"]
     assert b["enabled"] is False and b["no_access"] == ["10.9.0.0/16"]
     assert f"{conf}:7: warning: defaults: not imported: log_type" in err
+
+
+def test_xinetd_defaults_enabled_list_turns_the_others_off(tmp_path):
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text("defaults\n{\n\tenabled = b\n}\n" + xinetd_service(BASE, "a")
+                    + xinetd_service(BASE.replace("7070", "7071"), "b"))
+    data, _, text = imported(tmp_path, conf)
+    assert data["services"]["a"]["enabled"] is False and "enabled" not in data["services"]["b"]
+    assert "enabled: false    # defaults: not in enabled" in text
 
 
 def test_xinetd_tcpd_and_nameinargs(tmp_path):

@@ -5,8 +5,8 @@ build/ or stale file of the checkout goes in), then pip-installs into a new
 venv for the oldest and the newest Python superd supports, found among
 pyenv's interpreters; a missing one fails the test, naming it.  In each
 venv: the console script and `python -m superd`, `--print-example` passing
-`--check`, `superd import`, the man pages where man(1) finds them, and the
-license metadata.  The bytecode cache is tested with real processes and
+`--check`, `superd import`, the man pages where man(1) finds them, the
+examples of etc/ in share/doc/superd/examples, and the license metadata.  The bytecode cache is tested with real processes and
 environments: no missing home is ever created, systemd's $CACHE_DIRECTORY
 is used.
 """
@@ -77,6 +77,13 @@ def test_wheel_installs_and_runs(wheel, tmp_path, version):
     # the man pages, where man(1) looks for them in this prefix
     for page in ("man8/superd.8", "man5/services.yaml.5", "man8/superd-httpd.8", "man8/superd-echo.8"):
         assert (venv / "share/man" / page).is_file(), page
+    # etc/'s examples, runnable where they land
+    examples = venv / "share/doc/superd/examples"
+    assert ": ok, 7 service(s) enabled" in run([str(bin_ / "superd"), "--check", "-f",
+                                                str(examples / "services.yaml")], **here)
+    assert os.access(examples / "www/cgi-bin/form.py", os.X_OK)
+    for name in ("inetd.conf", "xinetd.d/superd-httpd", "systemd/superd-httpd.socket", "www/index.html"):
+        assert (examples / name).is_file(), name
     man = shutil.which("man")
     assert man, "man (Debian: man-db) is not installed; .ci/run installs it"
     found = run([man, "-w", "superd"], env={**here["env"], "MANPATH": str(venv / "share/man")}).strip()

@@ -396,3 +396,14 @@ def test_plain_superd_still_takes_its_options(tmp_path):
     result = run("--check", "-f", "import", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert run("--check", "-f", str(tmp_path / "nothing"), cwd=tmp_path).returncode == 78
+
+
+def test_superd_8_names_every_xinetd_attribute_the_importer_knows():
+    from superd import importer_map, importer_xinetd_map as xmap
+    text = (Path(__file__).resolve().parent.parent / "man/superd.8").read_text()
+    section = text[text.index(".SH IMPORTING"):text.index(".SH SIGNALS")]
+    section = section.replace("\\-", "-").replace("\\fB", "").replace("\\fP", "")
+    known = (set(xmap.SIMPLE) | set(xmap.UNMAPPED) | xmap.CORE | set(importer_map.RLIMITS)
+             | {"enabled", "disabled"}) - {"include", "includedir"}
+    missing = sorted(name for name in known if name not in section)
+    assert missing == [], f"superd(8) IMPORTING does not name {missing}"

@@ -1,13 +1,15 @@
 """superd-httpd against its peers, side by side in one run (not run by CI).
 
     .venv/bin/python bench/httpd_bench.py [-r ROUNDS] [-d SECONDS] [-c CONNS]
-                                          [--only NAME,...] [--pin]
+                                          [-t THREADS] [--new-conn-c CONNS]
+                                          [--old REV] [--only NAME,...] [--pin]
 
 A script from the httpd author, with the suite's start-up helpers
 (bench/contenders.py); bench/httpd_peers.py is the bench suite's own take on
 the same comparison, on its shared framework.
 
-Loads, each with wrk on loopback for -d seconds and -c connections:
+Loads, each with wrk (-t threads) on loopback for -d seconds and -c
+connections (--new-conn-c for the one-connection-per-request loads):
 
     keep-alive   GET of a small file (1 KiB) on persistent connections
     new-conn     the same with "Connection: close": one connection per request
@@ -21,6 +23,13 @@ Contenders (each started once, on a port the kernel picks where it can):
     superd-wait       superd-httpd under superd, mode: wait (default --workers)
     listen            superd-httpd --listen (default --workers)
     listen-w1         superd-httpd --listen --workers 1
+    *-old             the same four superd-httpd ways (superd, superd-preload,
+                      superd-wait, listen) with the handler of --old REV (git
+                      show REV:handlers/httpd.py; default: the last commit
+                      before the event-driven worker), so that a change is
+                      measured against what it replaced in the same run;
+                      superd finds it first on its PYTHONPATH, as the
+                      package superd_handlers
     http.server       python -m http.server (--cgi for the CGI loads)
     busybox           busybox httpd -f (standalone)
     busybox-i         busybox httpd -i under tcpserver (one process per connection)
@@ -30,10 +39,11 @@ Contenders (each started once, on a port the kernel picks where it can):
                       here through its NGINX variable)
 
 Rounds interleave the contenders (A B C ... A B C ...); a run starts once the
-machine is quiet.  Each figure is the median over rounds; each ratio is the
-median of per-round ratios against the reference measured seconds apart
-(keep-alive and new-conn against http.server, cgi against busybox; nginx as
-the ceiling).  Start-up: one request over a socketpair from a fresh
+machine is quiet (or after --patience seconds of waiting for it, noted with
+the load average).  Each figure is the median over rounds; each ratio is the
+median of per-round ratios against a contender measured seconds apart:
+nginx (the ceiling, files only), the same way with the old handler, and the
+reference (keep-alive and new-conn against http.server, cgi against busybox).  Start-up: one request over a socketpair from a fresh
 interpreter, against `python -S -c pass`.
 
 Writes bench/out/httpd_bench.md and bench/out/httpd_bench.json, prints the table.
@@ -65,6 +75,7 @@ PY = sys.executable
 LOADS = ("keep-alive", "new-conn", "cgi", "cgi-new-conn")
 REFS = {"keep-alive": "http.server", "new-conn": "http.server",
         "cgi": "busybox", "cgi-new-conn": "busybox"}
+OLD_REV = "d6e0d36"           # the last commit before superd-httpd's event-driven worker
 CGI = '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\nhello from cgi\\n"\n'
 
 
@@ -81,6 +92,8 @@ def need(program):
 
 def quiet(patience=20.0):
     """Wait (up to patience s) for the machine to fall below 15 % busy."""
+    if patience <= 0:
+        return psutil.cpu_percent(interval=0.2) < 15
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if psutil.cpu_percent(interval=0.5) < 15:
@@ -149,6 +162,7 @@ class Contender:
 class Superd(Contender):
     name = "superd"
     extra = ""
+    old = False                   # run the handler of --old REV (see old_handler)
 
     def start(self):
         config = self.dir / "services.yaml"
@@ -156,8 +170,11 @@ class Superd(Contender):
             "services:\n  http:\n    listen: 127.0.0.1:0\n    internal: httpd\n"
             "    args: [--root, %s, --quiet]\n    instances: 1000\n%s" % (self.site, self.extra))
         ready = self.dir / "ready.json"
+        env = dict(os.environ)
+        if self.old:
+            env["PYTHONPATH"] = str(OLD_PACKAGE)
         proc = self.popen([PY, "-m", "superd", "-f", config, "--ready-file", ready],
-                          cwd=ROOT)
+                          cwd=ROOT, env=env)
         text = wait_for(lambda: ready.exists() and ready.read_text(), self.name, proc,
                         timeout=15.0)
         self.port = int(json.loads(text)["services"]["http"][0].rsplit(":", 1)[1])
@@ -177,13 +194,30 @@ class SuperdWait(Superd):
     extra = "    mode: wait\n"
 
 
+class SuperdOld(Superd):
+    name = "superd-old"
+    old = True
+
+
+class SuperdPreloadOld(SuperdPreload):
+    name = "superd-preload-old"
+    old = True
+
+
+class SuperdWaitOld(SuperdWait):
+    name = "superd-wait-old"
+    old = True
+
+
 class Listen(Contender):
     name = "listen"
     args = ()
+    old = False
 
     def start(self):
         err = self.dir / "stderr.log"
-        proc = self.popen([PY, "-S", HANDLER, "--root", self.site, "--quiet",
+        handler = OLD_PACKAGE / "superd_handlers" / "httpd.py" if self.old else HANDLER
+        proc = self.popen([PY, "-S", handler, "--root", self.site, "--quiet",
                            "--listen", "127.0.0.1:0", *self.args])
         found = wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+)", err.read_bytes()),
                          self.name, proc, timeout=15.0)
@@ -193,6 +227,11 @@ class Listen(Contender):
 class ListenOneWorker(Listen):
     name = "listen-w1"
     args = ("--workers", "1")
+
+
+class ListenOld(Listen):
+    name = "listen-old"
+    old = True
 
 
 class HttpServer(Contender):
@@ -279,14 +318,34 @@ class Nginx(Contender):
         wait_for(lambda: (self.dir / "nginx.pid").exists(), self.name, proc, timeout=15.0)
 
 
-KINDS = [Superd, SuperdPreload, SuperdWait, Listen, ListenOneWorker, HttpServer,
-         Busybox, BusyboxInetd, MiniHttpd, Nginx]
+KINDS = [Superd, SuperdOld, SuperdPreload, SuperdPreloadOld, SuperdWait, SuperdWaitOld,
+         Listen, ListenOld, ListenOneWorker, HttpServer, Busybox, BusyboxInetd, MiniHttpd,
+         Nginx]
+OLD_TWIN = {"superd": "superd-old", "superd-preload": "superd-preload-old",
+            "superd-wait": "superd-wait-old", "listen": "listen-old",
+            "listen-w1": "listen-old"}
+OLD_PACKAGE = None              # set by old_handler(): a folder with superd_handlers/httpd.py
+
+
+def old_handler(work, rev):
+    """Write the handler of git revision rev as the package superd_handlers
+    under work/old (superd's handlers_dir() imports it first)."""
+    global OLD_PACKAGE
+    package = work / "old" / "superd_handlers"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    source = subprocess.run(["git", "-C", str(ROOT), "show", "%s:handlers/httpd.py" % rev],
+                            capture_output=True, check=True).stdout
+    (package / "httpd.py").write_bytes(source)
+    OLD_PACKAGE = work / "old"
 
 
 # -- loads -----------------------------------------------------------------------
 
-def wrk(url, load, conns, duration, cpu):
-    argv = [need("wrk"), "-t1", "-c%d" % conns, "-d%ds" % duration, "--timeout", "5s", url]
+def wrk(url, load, conns, duration, cpu, threads=1):
+    threads = min(threads, conns)
+    argv = [need("wrk"), "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration,
+            "--timeout", "5s", url]
     if load.endswith("new-conn"):
         argv[1:1] = ["-H", "Connection: close"]
     if cpu is not None:
@@ -351,6 +410,12 @@ def main():
     parser.add_argument("-r", "--rounds", type=int, default=3)
     parser.add_argument("-d", "--duration", type=int, default=3)
     parser.add_argument("-c", "--connections", type=int, default=16)
+    parser.add_argument("-t", "--threads", type=int, default=2, help="wrk's threads")
+    parser.add_argument("--new-conn-c", type=int, default=8,
+                        help="connections for the one-connection-per-request loads")
+    parser.add_argument("--old", default=OLD_REV, help="git revision of the old handler")
+    parser.add_argument("--patience", type=float, default=5.0,
+                        help="seconds to wait for a quiet machine before each load")
     parser.add_argument("--only", help="comma-separated contender names")
     parser.add_argument("--pin", action="store_true",
                         help="servers on the first CPUs, wrk on the last")
@@ -365,7 +430,9 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="httpd-", dir=OUT))
     work.chmod(0o755)                 # nginx's workers run as another user
     site = make_site(work)
+    old_handler(work, args.old)
     started = []
+    loads_seen = []
     runs = {}
     try:
         for kind in kinds:
@@ -378,12 +445,16 @@ def main():
         for rnd in range(args.rounds):
             for contender in started:
                 for load in contender.loads:
-                    if not quiet():
-                        log("machine still busy; measuring anyway")
-                    res = wrk(contender.url(load), load, args.connections, args.duration, load_cpu)
+                    busy = not quiet(args.patience)
+                    conns = args.new_conn_c if load.endswith("new-conn") else args.connections
+                    res = wrk(contender.url(load), load, conns, args.duration, load_cpu,
+                              args.threads)
+                    res["load1"] = os.getloadavg()[0]
+                    res["busy"] = busy
                     runs.setdefault((contender.name, load), []).append(res)
-                    log("round %d %-15s %-13s %8.0f req/s %s" % (
-                        rnd + 1, contender.name, load, res["rate"], res["errors"]))
+                    log("round %d %-18s %-13s %8.0f req/s load %.2f%s %s" % (
+                        rnd + 1, contender.name, load, res["rate"], res["load1"],
+                        " (busy)" if busy else "", res["errors"]))
         boot = startup(work, site)
     finally:
         for contender in started:
@@ -391,29 +462,47 @@ def main():
     report(runs, boot, args, started, server_cpus, load_cpu)
 
 
+def ratio(runs, name, other, load):
+    """Median of per-round ratios name/other for load, or None."""
+    got, base = runs.get((name, load)), runs.get((other, load))
+    if not got or not base:
+        return None
+    return statistics.median(r["rate"] / b["rate"] for r, b in zip(got, base))
+
+
+def shown(value):
+    return "" if value is None else "%.2f" % value
+
+
 def report(runs, boot, args, started, server_cpus, load_cpu):
     names = [c.name for c in started]
+    loads1 = [r["load1"] for got in runs.values() for r in got]
+    busy = sum(r["busy"] for got in runs.values() for r in got)
     lines = ["# superd-httpd against its peers", "",
-             "%d rounds of %d s, wrk -t1 -c%d, %s; medians in requests/s; ratio = median of "
-             "per-round ratios against the reference of the same round." % (
-                 args.rounds, args.duration, args.connections,
+             "%d rounds of %d s, wrk -t%d -c%d (-c%d for the new-conn loads), %s; medians "
+             "in requests/s; a ratio is the median of per-round ratios against a contender "
+             "of the same round.  Load average during the run: %.2f to %.2f; %d of %d "
+             "loads began on a busy machine (over 15%% CPU)." % (
+                 args.rounds, args.duration, args.threads, args.connections, args.new_conn_c,
                  "servers on CPUs %s, wrk on %s" % (server_cpus, load_cpu) if server_cpus
-                 else "no CPU pinning"), ""]
+                 else "no CPU pinning", min(loads1, default=0), max(loads1, default=0),
+                 busy, len(loads1)), ""]
     for load in LOADS:
         ref = REFS[load]
-        lines += ["## %s (ratio against %s)" % (load, ref), "",
-                  "| contender | req/s | ratio | errors |", "| --- | ---: | ---: | --- |"]
+        lines += ["## %s" % load, "",
+                  "| contender | req/s | × nginx | × old handler | × %s | errors |" % ref,
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
         for name in names:
             got = runs.get((name, load))
             if not got:
                 continue
             median = statistics.median(r["rate"] for r in got)
-            base = runs.get((ref, load))
-            ratio = (statistics.median(r["rate"] / b["rate"] for r, b in zip(got, base))
-                     if base else float("nan"))
             errors = "; ".join(sorted({r["errors"] for r in got if r["errors"]}
                                       | {"non-2xx %d" % r["non2xx"] for r in got if r["non2xx"]}))
-            lines.append("| %s | %.0f | %.2f | %s |" % (name, median, ratio, errors))
+            lines.append("| %s | %.0f | %s | %s | %s | %s |" % (
+                name, median, shown(ratio(runs, name, "nginx", load)),
+                shown(ratio(runs, name, OLD_TWIN[name], load)) if name in OLD_TWIN else "",
+                shown(ratio(runs, name, ref, load)), errors))
         lines.append("")
     lines += ["## start-up (one request from a fresh interpreter, median ms)", "",
               "| run | ms | over bare |", "| --- | ---: | ---: |"]

@@ -124,9 +124,9 @@ OPTIONS = (
     ("--idle-exit", "idle_exit", _limit, NO_LIMIT,
      "SECONDS: accepting for itself, exit after this long without a client (0: never)"),
     ("--workers", "workers", _count, None,
-     "N: accepting for itself, in N processes, each with its threads "
-     "(default: one per CPU, at most 4)"),
-    ("--max-connections", "max_connections", _count, 256,
+     "N: accepting for itself, in N processes, each one event loop "
+     "(default: one per CPU)"),
+    ("--max-connections", "max_connections", _count, 1024,
      "N: accepting for itself, serve at most N clients at once (per worker)"),
     ("--keepalive-timeout", "keepalive_timeout", _seconds, 5.0,
      "SECONDS: close an idle persistent connection after this long (0: no keep-alive)"),
@@ -3129,7 +3129,7 @@ def main(argv=None):
         stderr.write("superd-httpd: --root %s: not a directory\n" % settings.root)
         return EX_CONFIG
     if settings.workers is None:
-        settings.workers = min(len(os.sched_getaffinity(0)), 4)
+        settings.workers = len(os.sched_getaffinity(0))
     try:
         log = Log.open(settings, stderr)
     except OSError as exc:

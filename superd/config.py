@@ -294,12 +294,17 @@ def _included(tree, found, folder):
     for text in folders:
         where = Path(folder, text)
         try:
-            names = sorted(os.listdir(where))
+            names = sorted(os.listdir(where)) if text else None
         except OSError as err:
             found.add(line, "include", f"cannot read folder {where}: {err.strerror}")
             continue
+        if names is None:
+            found.add(line, "include", "expected a folder, got ''")
+            continue
         for name in names:
             path = where / name
+            if path == Path(found.path):
+                continue                      # `include: .` beside this file: not itself
             if name.endswith(INCLUDED_SUFFIXES) and not name.startswith(".") and path.is_file():
                 table = _included_file(path, found)
                 if table is not None:

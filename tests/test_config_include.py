@@ -156,6 +156,15 @@ def test_include_problems_name_the_file_and_line(tmp_path, main, included, where
     assert fragment in p.message, p
 
 
+def test_include_of_its_own_folder_does_not_read_itself(tmp_path):
+    path = write(tmp_path / "services.yaml", "include: .\nservices:\n  m: {listen: 0, server: /bin/cat}\n")
+    write(tmp_path / "more.yaml", "services:\n  n: {listen: 0, server: /bin/cat}\n")
+    assert [s.name for s in config.load(path).services] == ["m", "n"]
+    write(tmp_path / "services.yaml", "include: ''\nservices:\n  m: {listen: 0, server: /bin/cat}\n")
+    (p,) = problems(path)
+    assert (p.line, p.key, p.message) == (1, "include", "expected a folder, got ''")
+
+
 def test_include_with_only_an_empty_folder_is_no_services(tmp_path):
     (tmp_path / "d").mkdir()
     path = write(tmp_path / "services.yaml", "include: d\n")

@@ -119,7 +119,7 @@ def check_with(tmp_path, **env):
 
 
 def compiled_in(folder):
-    return sorted(p.name for p in Path(folder).glob("classic-*.pyc"))
+    return sorted(p.name for p in Path(folder).glob("*.pyc"))
 
 
 def test_cache_never_creates_a_missing_home(tmp_path):

@@ -369,7 +369,7 @@ def _resolve(name, line, merged, found, folder, environ):
         if address.kind == "unix" and protocol == "udp":
             found.add(*where["listen"], "unix: addresses are stream sockets; protocol must be tcp")
     _protection_rules(get, where, mode, protocol, found)
-    argv = _argv(get, where, line, key, found, folder)
+    argv = _argv(name, get, where, line, key, found, folder)
     uid, gid, groups = _credentials(get, where, found)
     workdir = _workdir(get.get("workdir"), where.get("workdir"), found, folder)
     if len(found.problems) > before:
@@ -403,7 +403,7 @@ def _protection_rules(get, where, mode, protocol, found):
             found.add(*where[name], "needs proxy_protocol (v1, v2 or any)")
 
 
-def _argv(get, where, line, key, found, folder):
+def _argv(name, get, where, line, key, found, folder):
     args = get.get("args", ())
     if ("server" in get) == ("internal" in get):
         found.add(line, key, "needs exactly one of 'server' (a program) or 'internal' (a bundled handler)")
@@ -411,7 +411,7 @@ def _argv(get, where, line, key, found, folder):
     if "internal" in get:
         # bytecode from superd's private cache, unless another user must read it
         private = "user" not in get and "group" not in get
-        return internal_argv(get["internal"], bytecode=private) + args
+        return internal_argv(get["internal"], bytecode=private, service=name) + args
     program = Path(folder, get["server"])
     if not program.is_file():
         found.add(*where["server"], f"no such program: {program}")

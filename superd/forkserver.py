@@ -1,9 +1,10 @@
 """The warm interpreter behind `preload: true`, and the spawn server behind
 `user:` (run as a program, stdlib only).
 
-superd starts one per preloaded service: `python forkserver.py SETTINGS`
-(a dict, marshalled and then in hex) with a SOCK_SEQPACKET control socket on
-fd 3.  It compiles the handler once (in a throwaway child, so the warm heap
+superd starts one per preloaded service: `python forkserver.py ROLE SERVICE`
+with a SOCK_SEQPACKET control socket on fd 3 whose first message is the
+settings (a marshalled dict).  ROLE (preload, preload-internal or spawn)
+and SERVICE are there for `ps` only; the settings say everything.  It compiles the handler once (in a throwaway child, so the warm heap
 stays small), imports every module the handler names anywhere in its source
 (lazy imports inside functions included) or, for internal handlers, runs
 their top level once (settings["split_main"]), says it is ready, and then,
@@ -83,15 +84,16 @@ import sys
 CONTROL_FD = 3
 LEDGER_FD = 4
 MAX_MESSAGE = 1 << 16        # a request: the connection's environment; larger is refused
+MAX_SETTINGS = 1 << 20       # the first message: the service's settings
 STDERR_MODES = {b"l": "log", b"0": "null", b"i": "inherit"}
 MAX_BATCH = 64               # requests served in one wake-up before looking at exits again
 
 
 def main():
-    settings = marshal.loads(bytes.fromhex(sys.argv[1]))
     fresh_signals = _signal_table()          # as a freshly started interpreter has them
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = _socket.socket(fileno=CONTROL_FD)
+    settings = marshal.loads(control.recv(MAX_SETTINGS))
     ledger = _Ledger(settings.get("ledger", 0))
     os.chdir(settings["workdir"])
     if settings.get("rlimits"):

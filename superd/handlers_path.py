@@ -40,21 +40,25 @@ def internal_source(name):
     return str(handlers_dir() / INTERNAL[name][0])
 
 
-def internal_argv(name, bytecode=True):
-    """(interpreter, -S, program, service args...) for `internal: name`."""
+def internal_argv(name, bytecode=True, service=""):
+    """(interpreter, -S, program, service args...) for `internal: name`.
+
+    The bytecode's file is named after the service and the handler
+    (SERVICE-superd-NAME-...pyc), so `ps` tells which handler serves what."""
     source = internal_source(name)
-    program = compiled(source) if bytecode else source
+    program = compiled(source, f"{service}-superd-{name}" if service else "") if bytecode else source
     return (os.path.realpath(sys.executable), "-S", program) + INTERNAL[name][1]
 
 
-def compiled(source):
-    """A current .pyc of source in superd's cache, or source itself if that fails."""
+def compiled(source, label=""):
+    """A current .pyc of source in superd's cache (its name begins with label),
+    or source itself if that fails."""
     import hashlib        # here, not above: ~5 MB of superd's memory when unused
     import py_compile
     try:
         cache = _cache_dir()
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        target = cache / f"{Path(source).stem}-{digest}.{sys.implementation.cache_tag}.pyc"
+        target = cache / f"{label or Path(source).stem}-{digest}.{sys.implementation.cache_tag}.pyc"
         if not target.exists() or target.stat().st_mtime_ns < os.stat(source).st_mtime_ns:
             py_compile.compile(source, cfile=str(target), doraise=True)
         return str(target)

@@ -93,6 +93,7 @@ class WarmInterpreter:
             settings["spawn"] = {"path": plain.path, "argv": list(plain.argv)}
         ledger = None
         try:
+            ours.send(encode_settings(settings))   # queued for it before it runs
             ledger = _new_ledger()
             self.pid = spawner.start_program(
                 sys.executable, server_argv(self.service, settings), (theirs.fileno(), ledger),
@@ -203,17 +204,24 @@ def server_argv(service, settings):
     it: exec'd, its interpreter would import site too.
     """
     flags = ("-S",) if service.internal or not service.preload else ()
-    return (sys.executable,) + flags + (FORKSERVER, encode_settings(settings))
+    return (sys.executable,) + flags + (FORKSERVER, server_role(settings), service.name)
+
+
+def server_role(settings):
+    """What `ps` shows a helper server as: spawn, preload-internal or preload."""
+    if "spawn" in settings:
+        return "spawn"
+    return "preload-internal" if settings.get("split_main") else "preload"
 
 
 def encode_settings(settings):
-    """The settings argument (forkserver.py reads it with what Python has loaded
-    at start-up: marshal, bytes.fromhex)."""
-    return marshal.dumps(settings).hex()
+    """The settings message, the first on the control socket (forkserver.py
+    reads it with what Python has loaded at start-up: marshal)."""
+    return marshal.dumps(settings)
 
 
-def decode_settings(text):
-    return marshal.loads(bytes.fromhex(text))
+def decode_settings(data):
+    return marshal.loads(data)
 
 
 def encode_request(env, wait_mode, stderr_mode):

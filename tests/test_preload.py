@@ -438,15 +438,16 @@ services:
     def server(name):
         line = d.log.wait_for(rf"^preload-ready service={name} pid=")
         argv = psutil.Process(int(re.search(r"pid=(\d+)", line).group(1))).cmdline()
-        return argv[1:-2], decode_settings(argv[-1])     # flags, settings
+        assert argv[-1] == name, "ps shows the service"
+        return argv[1:-3], argv[-2]     # flags, role (what the settings it was sent say)
 
-    flags, settings = server("inner")
-    assert flags == ["-S"] and settings["split_main"] is True
-    flags, settings = server("script")
-    assert flags == [] and settings["split_main"] is False
+    flags, role = server("inner")
+    assert flags == ["-S"] and role == "preload-internal"    # split_main
+    flags, role = server("script")
+    assert flags == [] and role == "preload"
     if spawned:
-        flags, settings = server("spawned")
-        assert flags == ["-S"] and "spawn" in settings
+        flags, role = server("spawned")
+        assert flags == ["-S"] and role == "spawn"
 
 
 def test_httpd_under_preload(superd, tmp_path):
@@ -566,8 +567,9 @@ class ForkServer:
             self.ledger = os.memfd_create("test-ledger")
             os.ftruncate(self.ledger, ledger * 8)
             actions.append((os.POSIX_SPAWN_DUP2, self.ledger, 4))
+        ours.send(encode_settings(settings))   # the first message: its settings
         self.pid = os.posix_spawn(
-            sys.executable, [sys.executable, "-S", FORKSERVER, encode_settings(settings)],
+            sys.executable, [sys.executable, "-S", FORKSERVER, "test", "test"],
             dict(os.environ), setsid=True, file_actions=actions)
         theirs.close()
         ours.settimeout(30)
@@ -766,3 +768,12 @@ def test_a_server_gets_each_of_its_fds_even_one_numbered_like_another_target():
     out = subprocess.run([sys.executable, "-c", START_PROGRAM_ON_FD_3], capture_output=True,
                          timeout=30, check=True).stdout
     assert out.split() == [b"b'three\\n'", b"b'four\\n'", b"0"]
+
+
+def test_settings_travel_whole_and_name_the_role_ps_shows():
+    from superd.warmserver import server_role
+    settings = {"argv": ["/x.py"], "split_main": True, "env": [("A", "é")], "ledger": 1024}
+    assert decode_settings(encode_settings(settings)) == settings
+    assert server_role(settings) == "preload-internal"
+    assert server_role({**settings, "split_main": False}) == "preload"
+    assert server_role({**settings, "spawn": {"path": "/bin/echo", "argv": ["/bin/echo"]}}) == "spawn"

@@ -12,8 +12,10 @@ activation or tcpserver.  It finds its socket the way DESIGN.md says:
     client" (inetd nowait, systemd Accept=yes, tcpserver).
 
 Per connection it serves any number of requests (keep-alive, pipelining in
-order), then exits.  Accepting for itself, it runs one thread per connection,
-up to --max-connections, and exits after --idle-exit seconds without clients.
+order), then exits.  Accepting for itself, it runs --workers processes of one
+event loop each (Worker), up to --max-connections clients a worker, lends a
+CGI request to a thread of its own, stops gracefully on TERM, and exits after
+--idle-exit seconds without clients.
 
 Rules this file keeps (the tests check each one):
 
@@ -45,7 +47,8 @@ The file is laid out in sections, top to bottom:
     4. static files  path resolution, conditionals, ranges, sendfile, listings
     5. CGI           environment, spawn, the output relay
     6. exchange      one request to one response; the keep-alive loop; the log
-    7. launch        finding the socket, per-connection and accept modes, main
+    7. events        the worker loop of the long-lived modes
+    8. launch        finding the socket, per-connection and accept modes, main
 """
 
 import _socket

@@ -234,7 +234,12 @@ class HttpError(Exception):
 class Handoff(Exception):
     """Raised inside an event loop where answering would block it (a CGI
     program, a request body still on the wire) before a byte of the answer
-    exists: the request moves to a thread of its own (see Worker)."""
+    exists: the request moves to a thread of its own (see Worker), which
+    calls resume(conn) to go on from here, or answers it from the start."""
+
+    def __init__(self, why, resume=None):
+        super().__init__(why)
+        self.resume = resume
 
 
 class AwaitBody(Handoff):
@@ -925,6 +930,7 @@ class Connection:
     SO_SNDTIMEO set to --timeout once."""
 
     in_loop = False               # answering inside an event loop (LoopConnection)
+    blocking = True               # made blocking at the start (a loop's is not)
 
     def __init__(self, sock, client, client_port, local, local_port, settings, log):
         self.sock = sock
@@ -944,7 +950,8 @@ class Connection:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.make_blocking()
+        if self.blocking:
+            self.make_blocking()
 
     def begin(self):
         """Forget the last exchange: a new request is awaited."""
@@ -1951,7 +1958,7 @@ def run_cgi(conn, request, script, depth):
     if request.method not in CGI_METHODS:
         raise HttpError(405, headers=("Allow: " + CGI_ALLOW,))
     if conn.in_loop:
-        raise Handoff("a CGI program")
+        raise Handoff("a CGI program", lambda conn: run_cgi(conn, request, script, depth))
     stdin_fd, length = conn.log.devnull_fd(), None
     if request.chunked or request.length:
         stdin_fd, length = body_file(conn, request)
@@ -2201,6 +2208,7 @@ ACCEPT_BATCH = 16           # most accepts per wake-up: leave some for the other
 ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM
 LINGER_TIME = 2.0           # seconds a closing connection drains what the peer still sends
 LINGER_BYTES = 1 << 20
+THREAD_FOLLOW = 0.05        # seconds a thread waits for its connection's next head
 _BLANK = b"\r\n"
 
 
@@ -2217,20 +2225,10 @@ class LoopConnection(Connection):
     per-connection mode, until the Worker takes the connection back."""
 
     in_loop = True
+    blocking = False
 
     def __init__(self, sock, client, client_port, local, local_port, settings, log):
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.settings = settings
-        self.log = log
-        self.client, self.client_port = client, client_port
-        self.local, self.local_port = local, local_port
-        self.buf = b""
-        self.rcvtimeo = None
-        self.requests = 0
-        self.opened = time.monotonic()
-        self.keep = True
-        self.begin()
+        Connection.__init__(self, sock, client, client_port, local, local_port, settings, log)
         self.out = []             # what is still to be written, in order
         self.files = []           # fds to close once out is empty
         self.state = READING
@@ -2243,11 +2241,6 @@ class LoopConnection(Connection):
         self.closed = False
         self.noted = None         # (path, stat, fields, body) of a small file answer
         self.body_started = self.body_received = 0
-        if sock.family != _socket.AF_UNIX:
-            try:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def send(self, data, more=False):
         if not self.in_loop:
@@ -2492,16 +2485,13 @@ class Worker:
             self.push(self.timers, (when, self.seq, conn))
 
     def expire(self):
-        timers = self.timers
-        if not timers:
-            if self.resume_at <= self.clock():
-                self.resume_at = NO_LIMIT
-                self.watch_listeners(True)
-            return
+        """Act on every deadline that has passed: the connections' (Rule 2)
+        and the end of a pause in accepting."""
         now = self.clock()
         if self.resume_at <= now:
             self.resume_at = NO_LIMIT
             self.watch_listeners(True)
+        timers = self.timers
         while timers and timers[0][0] <= now:
             when, _seq, conn = self.pop(timers)
             if conn.closed or when != conn.timer_at:
@@ -2694,8 +2684,8 @@ class Worker:
             conn.body_started = self.clock()
             conn.body_received = len(conn.buf)
             return self.body_wait(conn)
-        except Handoff:
-            return self.hand_off(conn)
+        except Handoff as exc:
+            return self.hand_off(conn, exc.resume or answer_current)
         if not answered and conn.out:   # ClientGone inside the loop: drop the answer
             return self.close(conn, linger=False)
         if conn.out:
@@ -2788,23 +2778,33 @@ class Worker:
         self.close(conn, linger=False)
 
     # -- threads --------------------------------------------------------------
-    def hand_off(self, conn):
+    def hand_off(self, conn, work):
         """The connection leaves the loop for a thread (Rule 1)."""
         self.unwatch(conn)
         conn.state = THREAD
         conn.deadline = NO_LIMIT
         conn.in_loop = False
         _thread.stack_size(512 << 10)
-        _thread.start_new_thread(self.in_thread, (conn,))
+        _thread.start_new_thread(self.in_thread, (conn, work))
 
-    def in_thread(self, conn):
-        """A thread's whole life: answer conn's current request by the
-        blocking code, then give the connection back.  Never closes it: the
-        loop does, so that its fd number cannot be reused by a client the
-        loop accepts before it has heard of the close."""
+    def in_thread(self, conn, work):
+        """A thread's whole life: do work (the rest of conn's current
+        request) by the blocking code, and the requests whose heads follow
+        at once (follows()); then give the connection back.  Never closes
+        it: the loop does, so that its fd number cannot be reused by a
+        client the loop accepts before it has heard of the close; a
+        connection that is done is shut down here, so that its client
+        sees the end at once."""
         try:
             conn.make_blocking()
-            if not exchange(conn, answer_current):
+            while exchange(conn, work):
+                if not conn.keep or self.stopping:
+                    break
+                conn.begin()
+                work = self.follows(conn)
+                if work is None:
+                    break
+            else:
                 conn.keep = False
         except ClientGone:
             conn.keep = False
@@ -2813,11 +2813,46 @@ class Worker:
             conn.keep = False
             conn.log.diag("connection failed: %r" % exc)
         finally:
+            if not (conn.keep or conn.buf or conn.unread):
+                try:
+                    conn.sock.shutdown(_socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self.returned.append(conn)
             try:
                 os.write(self.wake_w, b"\0")
             except OSError:
                 pass            # the pipe is full: the loop is awake anyway
+
+    def follows(self, conn):
+        """In a thread: the work of answering the next request if its whole
+        head is in buf, or arrives within THREAD_FOLLOW seconds (a CGI
+        client on a kept-alive connection asks again at once); else None,
+        and the loop reads the rest, so that a slow client holds no thread
+        for long."""
+        deadline = time.monotonic() + THREAD_FOLLOW
+        poller = None
+        while True:
+            try:
+                head = conn.take_head()
+            except HttpError:
+                return None              # the loop answers it, from the same bytes
+            if head is not None:
+                conn.blank = 0
+                return lambda conn: dispatch(conn, start_request(conn, head))
+            left = deadline - time.monotonic()
+            if poller is None:
+                poller = select.poll()
+                poller.register(conn.fd, POLLIN)
+            if left <= 0 or not poller.poll(poll_ms(left)):
+                return None
+            try:
+                data = conn.sock.recv(65536, _socket.MSG_DONTWAIT)
+            except OSError:
+                return None
+            if not data:
+                return None              # end of file: the loop sees it too
+            conn.buf += data
 
     def woken(self):
         """Bytes on the wake-up pipe: signals, and threads that are done."""

@@ -218,6 +218,30 @@ def test_concurrent_cgi_answers_that_close_lose_no_client(procs, site):
     assert proc.wait(TIMEOUT) == 0
 
 
+def test_requests_after_a_cgi_answer_are_answered_in_order(procs, site):
+    """A CGI answer's thread keeps its connection for heads that follow at
+    once (pipelined or not), and gives it back to the loop for the rest:
+    every answer comes, in order, whoever gives it."""
+    proc, port, log = worker(procs, site, "--workers", "1")
+    with connect(port) as sock:
+        reader = Reader(sock)
+        sock.sendall(request("/cgi-bin/length.sh") + request("/alpha.txt")
+                     + request("/cgi-bin/status.sh") + request("/sub/file.txt"))
+        assert reader.response().body == b"hello"
+        assert reader.response().body == ALPHA
+        assert reader.response().status == 404
+        assert reader.response().body == b"in sub\n"
+        sock.sendall(request("/cgi-bin/length.sh"))
+        assert reader.response().body == b"hello"
+        sock.sendall(b"GET /alpha.txt HTTP/1.1\r\n")     # a head in two parts
+        log.wait_count(r'"GET /cgi-bin/length.sh HTTP/1.1" 200 5 ', 2)
+        sock.sendall(b"Host: test\r\n\r\n")
+        assert reader.response().body == ALPHA
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    assert log.count(r'" 200 ') == 5 and log.count(r'" 404 ') == 1
+
+
 # -- hostile clients ---------------------------------------------------------
 
 IDLE, SLOW = 1000, 500

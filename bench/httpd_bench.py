@@ -420,6 +420,8 @@ def main():
     parser.add_argument("--pin", action="store_true",
                         help="servers on the first CPUs, wrk on the last")
     args = parser.parse_args()
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # stop the contenders too
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = load_cpu = None
     if args.pin and len(cpus) >= 2:

@@ -2588,10 +2588,10 @@ class Worker:
         connection is handed off or closed."""
         settings = self.settings
         while conn.state is READING and not conn.closed:
-            conn.begin()
             try:
                 head = conn.take_head()
             except HttpError as exc:
+                conn.begin()
                 return self.answer(conn, refuse, exc)
             if head is None:          # the clock of a head starts at its first byte
                 if (conn.buf or conn.blank) and conn.head_by == NO_LIMIT:
@@ -2601,6 +2601,7 @@ class Worker:
                 if self.stopping and not conn.buf:
                     self.close(conn)
                 return
+            conn.begin()
             conn.head_by = NO_LIMIT
             conn.blank = 0
             answer = self.answers.get(head)

@@ -2628,6 +2628,7 @@ class Worker:
         conn.noted = None
         request = conn.request
         if (request.method not in ("GET", "HEAD") or conn.status != 200
+                or request.length or request.chunked     # a replay would not read the body
                 or not UNCACHED_FIELDS.isdisjoint(request.headers)):
             return
         answers = self.answers

@@ -242,6 +242,30 @@ def test_requests_after_a_cgi_answer_are_answered_in_order(procs, site):
     assert log.count(r'" 200 ') == 5 and log.count(r'" 404 ') == 1
 
 
+def test_a_remembered_answer_is_only_for_the_same_head_without_a_body(procs, site):
+    """A worker answers a head it has seen before from memory (a small file,
+    checked by stat): never one with a body, whose bytes must still be
+    read, and never a file changed since."""
+    proc, port, log = worker(procs, site, "--workers", "1")
+    with_body = request("/alpha.txt", headers=[("Content-Length", "28")])
+    smuggled = b"GET /sub/file.txt HTTP/1.1\r\n"     # 28 bytes of body, not a request
+    with connect(port) as sock:
+        reader = Reader(sock)
+        for _ in range(3):
+            sock.sendall(with_body + smuggled)
+            assert reader.response().body == ALPHA
+        sock.sendall(request("/alpha.txt") * 2)
+        assert reader.response().body == ALPHA
+        assert reader.response().body == ALPHA
+        (site / "alpha.txt").write_bytes(b"changed")
+        sock.sendall(request("/alpha.txt"))
+        assert reader.response().body == b"changed"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    assert log.count(r'"GET /alpha.txt HTTP/1.1" 200 ') == 6
+    assert "/sub/file.txt" not in log.text()
+
+
 # -- hostile clients ---------------------------------------------------------
 
 IDLE, SLOW = 1000, 500

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from conftest import EXITED, TIMEOUT, Daemon, LogReader
 
@@ -210,17 +209,28 @@ class HAProxy:
                 chunks.append(data)
         return b"".join(chunks).decode()
 
-    def states(self):
-        """{(backend, server): status} from `show stat` (UP, DOWN, UP 1/2, ...)."""
+    def stat(self):
+        """{(backend, server): row} from `show stat` (CSV: status, scur, ...)."""
         lines = self.ask("show stat").splitlines()
         head = lines[0].lstrip("# ").split(",")
-        states = {}
+        rows = {}
         for line in lines[1:]:
             if line:
                 row = dict(zip(head, line.split(",")))
                 if row["svname"] not in ("FRONTEND", "BACKEND"):
-                    states[row["pxname"], row["svname"]] = row["status"]
-        return states
+                    rows[row["pxname"], row["svname"]] = row
+        return rows
+
+    def states(self):
+        """{(backend, server): status}: UP, DOWN, DRAIN, UP 1/2, ..."""
+        return {key: row["status"] for key, row in self.stat().items()}
+
+    def wait_stat(self, backend, server, field, value, timeout=TIMEOUT):
+        """Poll `show stat` until that server's field has that value."""
+        deadline = time.monotonic() + timeout
+        while (got := self.stat()[backend, server][field]) != value:
+            assert time.monotonic() < deadline, f"{backend}/{server} {field}={got}, never {value}"
+            time.sleep(0.02)           # polled against the deadline
 
     def wait_states(self, want, timeout=TIMEOUT):
         """Poll until every (backend, server) in want has that status."""

@@ -126,6 +126,8 @@ class Cluster:
         self.haproxy.wait_states(ALL_UP)
 
     def start(self, host):
+        if host in self.hosts:
+            self.hosts[host].kill()       # gone already: this closes its notify socket
         text = SUPERD.format(ip=HOSTS[host], host=host, lb=LB, handler=self.handler)
         self.hosts[host] = start_superd_in(self.lab, host, self.root / host, text)
 
@@ -145,6 +147,18 @@ class Cluster:
                               "--json", "status"],
                              capture_output=True, text=True, timeout=30, check=True)
         return {s["name"]: s for s in json.loads(out.stdout)["services"]}
+
+    def settle(self, host):
+        """Wait until the host runs no handler and has logged every exit it counted."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            status = self.status(host)
+            exits = sum(sum(s["exits"].values()) for s in status.values())
+            running = sum(s["running"] for s in status.values())
+            if running == 0 and self.hosts[host].log.count(r"^exit ") == exits:
+                return status
+            assert time.monotonic() < deadline, f"{host} never settled: {status}"
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +214,19 @@ def read_rest(sock):
 def talk(lab, source, front=ENV_FRONT, payload=b"ping\n"):
     """(env, the client's own port) of one served connection; env None if refused."""
     with open_from(lab, source, front) as sock:
-        port = sock.getsockname()[1]
-        env = read_head(sock)
-        if env is not None:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            echoed = env.pop("") + read_rest(sock)
-            assert echoed == payload, f"echo {echoed!r}"
-        return env, port
+        return converse(sock, payload), sock.getsockname()[1]
+
+
+def converse(sock, payload=b"ping\n"):
+    """Read the handler's head, send payload, half-close, check the echo; the env
+    (None if the connection was closed unserved)."""
+    env = read_head(sock)
+    if env is not None:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        echoed = env.pop("") + read_rest(sock)
+        assert echoed == payload, f"echo {echoed!r}"
+    return env
 
 
 def hold(lab, source, front):
@@ -237,7 +256,7 @@ def test_every_handler_sees_the_real_client_the_header_names(cluster):
         assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (source, str(port))
         assert (env["TCPREMOTEIP"], env["TCPREMOTEPORT"], env["REMOTE_HOST"]) == (
             source, str(port), source)
-        assert (env["TCPLOCALIP"], env["TCPLOCALPORT"]) == ENV_FRONT[:1] + ("80",)
+        assert (env["TCPLOCALIP"], env["TCPLOCALPORT"]) == (LB, "80")
         assert env["SUPERD_SERVICE"] == "env" and env["SUPERD_CONN"].isdigit()
         seen.setdefault(env["HOST"], []).append((source, port, env["SUPERD_CONN"]))
     assert sorted(seen) == sorted(HOSTS), f"round robin over every host: {seen}"
@@ -304,7 +323,7 @@ def test_per_source_limits_the_real_client(cluster):
 
 
 def test_health_checks_start_no_handler_log_nothing_and_are_counted(cluster):
-    before = {h: cluster.status(h) for h in HOSTS}
+    before = {h: cluster.settle(h) for h in HOSTS}
     marks = {h: len(d.log.lines) for h, d in cluster.hosts.items()}
     deadline = time.monotonic() + TIMEOUT
     while True:        # HAProxy checks every 100 ms: wait for ten more on every service
@@ -346,7 +365,7 @@ class Load:
 
     def __init__(self, cluster, threads=6):
         self.cluster = cluster
-        self.results = []         # (start, host or None for a failure, detail)
+        self.results = []         # (start, host or None for a failure, (source, port), detail)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.run, args=((CLIENT_A, CLIENT_B)[i % 2],))
@@ -356,10 +375,17 @@ class Load:
         while not self.stopping.is_set():
             began = time.monotonic()
             try:
-                env, _ = talk(self.cluster.lab, source)
-                result = (env["HOST"], "") if env else (None, "closed unserved")
-            except (OSError, AssertionError) as err:
-                result = (None, repr(err))
+                sock = open_from(self.cluster.lab, source, ENV_FRONT)
+            except OSError as err:
+                result = (None, (source, None), repr(err))
+            else:
+                with sock:
+                    client = (source, sock.getsockname()[1])
+                    try:
+                        env = converse(sock)
+                        result = (env["HOST"], client, "") if env else (None, client, "unserved")
+                    except (OSError, AssertionError) as err:
+                        result = (None, client, repr(err))
             with self.lock:
                 self.results.append((began, *result))
 
@@ -381,35 +407,92 @@ class Load:
 
     def served(self, since):
         with self.lock:
-            return sum(1 for t, host, _ in self.results if t >= since and host)
+            return sum(1 for t, host, *_ in self.results if t >= since and host)
 
     def between(self, start, end=float("inf")):
         with self.lock:
             return [r for r in self.results if start <= r[0] < end]
 
 
-def test_load_is_spread_and_a_killed_host_is_routed_around(cluster):
+def routed(cluster, client):
+    """The server HAProxy's log names for that client's connection."""
+    rx = re.compile(rf"^{re.escape(client[0])}:{client[1]} \[[^\]]*\] env env/(\S+) ", re.M)
+    deadline = time.monotonic() + TIMEOUT
+    while not (found := rx.search(cluster.haproxy.log())):
+        assert time.monotonic() < deadline, f"HAProxy logged no session for {client}"
+        time.sleep(0.05)
+    return found.group(1)
+
+
+def take_down_under_load(cluster, host, take_down):
+    """Load through :80, take_down(daemon) of one host, load until HAProxy has
+    it DOWN and 30 more were served.  Returns the failed connections and when
+    take_down returned: what began before then may have reached the host."""
     start = time.monotonic()
+    others = {("env", h): "UP" for h in HOSTS if h != host}
+    redispatched = len(REDISPATCHED.findall(cluster.haproxy.log()))
     with Load(cluster) as load:
-        load.wait_served(60, start)
-        cluster.hosts["h3"].kill()          # superd and its handlers, as a crash would
-        killed_at = time.monotonic()        # what began before reached h3 (or its backlog)
-        cluster.haproxy.wait_states({("env", "h3"): "DOWN", ("env", "h1"): "UP",
-                                     ("env", "h2"): "UP"})
+        load.wait_served(30, start)
+        signalled_at = time.monotonic()
+        take_down(cluster.hosts[host])
+        gone_at = time.monotonic()
+        cluster.haproxy.wait_states({("env", host): "DOWN", **others})
         down_at = time.monotonic()
-        load.wait_served(60, down_at)
-    before = load.between(start, killed_at)
-    during = load.between(killed_at, down_at)
-    after = load.between(down_at)
-    assert {h for _, h, _ in before if h} == set(HOSTS), "every host served before the kill"
+        load.wait_served(30, down_at)
+    before, during, after = (load.between(start, signalled_at), load.between(signalled_at, down_at),
+                             load.between(down_at))
+    assert {h for _, h, *_ in before if h} == set(HOSTS), "every host served before"
+    assert all(("env", h) in others for _, h, *_ in after), f"after DOWN: {after}"
     failed = [r for r in before + during + after if r[1] is None]
-    print(f"\nh3 killed under load: {len(failed)} failed of {len(before + during + after)};"
-          f" {len(during)} began while HAProxy had it up, {len(after)} after: {failed}")
-    assert all(t < killed_at for t, _, _ in failed), "only those in flight at the kill may fail"
-    assert len(failed) <= len(load.threads), "more failed than could be in flight on h3"
-    assert all(h in ("h1", "h2") for _, h, _ in after), f"after DOWN: {after}"
-    # and h3 back: HAProxy's checks see it and it serves again
-    cluster.start("h3")
+    redispatched = len(REDISPATCHED.findall(cluster.haproxy.log())) - redispatched
+    print(f"\n{host} down under load: {len(failed)} failed of {len(before + during + after)};"
+          f" {len(during)} began between the signal and DOWN, {redispatched} redispatched"
+          f" by HAProxy: {failed}")
+    return failed, gone_at, len(load.threads)
+
+
+REDISPATCHED = re.compile(r" env env/\S+ .*/\+\d+ ")   # a tcplog line: retries "+N"
+
+
+def bring_back(cluster, host):
+    cluster.start(host)
     cluster.haproxy.wait_states(ALL_UP)
-    hosts = {talk(cluster.lab, CLIENT_A)[0]["HOST"] for _ in range(6)}
-    assert hosts == set(HOSTS)
+    assert {talk(cluster.lab, CLIENT_A)[0]["HOST"] for _ in range(6)} == set(HOSTS)
+
+
+def test_a_drained_host_stopped_loses_nothing(cluster):
+    """The way to take a host out: drain it in HAProxy, then TERM superd."""
+    def drain_and_stop(daemon):
+        cluster.haproxy.ask("set server env/h2 state drain")
+        cluster.haproxy.wait_stat("env", "h2", "scur", "0")
+        daemon.stop()
+    failed, _, _ = take_down_under_load(cluster, "h2", drain_and_stop)
+    assert failed == [], "a drained host lost connections"
+    cluster.haproxy.ask("set server env/h2 state ready")
+    bring_back(cluster, "h2")
+
+
+def test_a_stopped_host_is_routed_around_its_queue_lost(cluster):
+    """TERM alone: superd closes its listener, and Linux resets what its
+    accept queue held: connections HAProxy had already made, which superd
+    never accepted (nothing in its log names them).  All the others are
+    served: those in hand finish, later ones are redispatched."""
+    failed, gone_at, threads = take_down_under_load(cluster, "h2", lambda d: d.stop())
+    log = cluster.hosts["h2"].log
+    for began, _, client, _ in failed:
+        assert began < gone_at and routed(cluster, client) == "h2"
+        assert log.count(rf"client={re.escape(client[0])}:{client[1]} ") == 0, (
+            f"{client} was accepted by h2 and then lost")
+    assert len(failed) <= threads
+    bring_back(cluster, "h2")
+
+
+def test_a_killed_host_is_routed_around_only_its_own_fail(cluster):
+    """KILL of superd and its handlers, as a crash would: only connections in
+    flight on that host may fail; those begun later are redispatched."""
+    failed, gone_at, threads = take_down_under_load(cluster, "h3", lambda d: d.kill())
+    assert all(t < gone_at for t, *_ in failed), "only those in flight at the kill may fail"
+    assert len(failed) <= threads, "more failed than could be in flight"
+    for _, _, client, _ in failed:
+        assert routed(cluster, client) == "h3", f"{client} failed on another host"
+    bring_back(cluster, "h3")

@@ -71,13 +71,18 @@ class Lab:
     """Namespaces PREFIX-ROLE on one bridge in the hub namespace (see the module doc)."""
 
     def __init__(self, prefix, hub, hub_address, prefixlen=24):
+        """prefix: unique to this test process, e.g. NAME + its pid."""
         self.prefix = prefix
         self.names = {}              # role -> namespace name, in creation order
         self.prefixlen = prefixlen
-        self.hub = self._add(hub)
-        ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.hub, "addr", "add", f"{hub_address}/{prefixlen}", "dev", "br0")
-        ip("-n", self.hub, "link", "set", "br0", "up")
+        try:
+            self.hub = self._add(hub)
+            ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.hub, "addr", "add", f"{hub_address}/{prefixlen}", "dev", "br0")
+            ip("-n", self.hub, "link", "set", "br0", "up")
+        except BaseException:
+            self.close()
+            raise
 
     def _add(self, role):
         name = f"{self.prefix}-{role}"

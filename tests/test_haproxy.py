@@ -14,12 +14,13 @@ behind :81), both `proxy_protocol: v2` with `proxy_from` HAProxy alone, and
 `internal: status` on its own loopback.  The handler writes the environment
 superd gave it, a blank line, then echoes its input.  Clients connect from
 their namespace with sockets made there, so the address HAProxy sees, and
-names in its header, is known and is nobody's but theirs.
+names in its header, is known and differs from HAProxy's own.
 
-One HAProxy and three superd hosts serve the whole module; the test that
-kills a host runs last and starts it again.  Teardown kills haproxy, every
-superd and handler (every pid left in the namespaces) and deletes the
-namespaces, failed tests included.
+One HAProxy and three superd hosts serve the whole module; a test that takes
+a host down (drained then stopped, stopped, killed) starts it again and waits
+until HAProxy has it UP.  Each prints how many client connections failed.
+Teardown kills haproxy, every superd and handler (every pid left in the
+namespaces) and deletes the namespaces, failed tests and set-up included.
 """
 
 import json
@@ -114,16 +115,20 @@ class Cluster:
         self.handler = root / "env.sh"
         self.handler.write_text(HANDLER)
         self.handler.chmod(0o755)
-        self.lab = Lab(f"sdha{os.getpid()}", "lb", LB)
         self.hosts = {}
         self.haproxy = None
-        for host, address in HOSTS.items():
-            self.lab.attach(host, [address])
-        self.lab.attach("client", [CLIENT_A, CLIENT_B, STRANGER])
-        for host in HOSTS:
-            self.start(host)
-        self.haproxy = HAProxy(self.lab, "lb", root, HAPROXY)
-        self.haproxy.wait_states(ALL_UP)
+        self.lab = Lab(f"sdha{os.getpid()}", "lb", LB)
+        try:
+            for host, address in HOSTS.items():
+                self.lab.attach(host, [address])
+            self.lab.attach("client", [CLIENT_A, CLIENT_B, STRANGER])
+            for host in HOSTS:
+                self.start(host)
+            self.haproxy = HAProxy(self.lab, "lb", root, HAPROXY)
+            self.haproxy.wait_states(ALL_UP)
+        except BaseException:
+            self.close()
+            raise
 
     def start(self, host):
         if host in self.hosts:

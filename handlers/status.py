@@ -321,11 +321,14 @@ def number(value):
 
 
 def finite(value):
-    """A number that JSON and arithmetic can carry, else None."""
+    """A number that JSON, a float and arithmetic can carry, else None (NaN,
+    the infinities, and integers past a float's range: 1e400 is one)."""
     value = number(value)
-    if value is None or value != value or value in (NO_LIMIT, -NO_LIMIT):
+    try:
+        as_float = float(value) if value is not None else NO_LIMIT
+    except OverflowError:
         return None
-    return value
+    return value if abs(as_float) != NO_LIMIT and as_float == as_float else None
 
 
 def mapping(value):
@@ -815,7 +818,8 @@ SCRIPT = r"""
     var out = [];
     for (var i = 1; i < data.t.length; i++) {
       var a = values[i - 1], b = values[i], dt = data.t[i] - data.t[i - 1];
-      out.push(a === null || b === null || !(dt > 0) || b < a ? null : (b - a) / dt);
+      var rate = a === null || b === null || !(dt > 0) || b < a ? null : (b - a) / dt;
+      out.push(isFinite(rate) ? rate : null);
     }
     return out;
   }

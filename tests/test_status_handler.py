@@ -397,6 +397,31 @@ def test_wrong_shapes_in_the_document_are_shown_as_missing(status):
 # any document: every value of the fixture replaced by any JSON value
 # -------------------------------------------------------------------------
 
+OUT_OF_RANGE = [("buckets", 3), ("services", 0, "duration", "sum"),
+                ("services", 0, "duration", "count"), ("services", 0, "accepted"),
+                ("daemon", "process", "resident_memory_bytes"),
+                ("daemon", "process", "cpu_seconds"), ("daemon", "now"),
+                ("connections", 0, "age"), ("history", 5, "accepted", "web"),
+                ("history", 5, "t")]
+
+
+@pytest.mark.parametrize("value", [10 ** 400, float("nan"), float("inf"), -1e308])
+@pytest.mark.parametrize("path", OUT_OF_RANGE, ids=lambda path: "-".join(map(str, path)))
+def test_numbers_past_a_floats_range_render(path, value):
+    """An integer too large for a float (JSON allows it), NaN and the
+    infinities, wherever the document has a number."""
+    status = load_status()
+    doc = fixture_document()
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    list(text_string_to_metric_families(status.render_metrics(doc)))
+    page = status.render_page(doc, "nonce")
+    embedded = page.partition('id="history">')[2].partition("</script>")[0]
+    json.loads(embedded)
+
+
 def load_status():
     """handlers/status.py as a module, loaded by path once."""
     module = sys.modules.get("status_under_test")
@@ -409,7 +434,8 @@ def load_status():
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    | st.sampled_from([10 ** 400, -10 ** 400]),            # past a float's range
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
                                                                 max_size=4),
     max_leaves=12)

@@ -38,7 +38,9 @@ Contenders (each started once, on a port the kernel picks where it can):
     nginx             nginx, the ceiling (files only; handed a socket bound
                       here through its NGINX variable)
 
-Rounds interleave the contenders (A B C ... A B C ...); a run starts once the
+Rounds interleave the contenders, load by load (keep-alive: A B C, new-conn:
+A B C, ...; then the next round), so that the figures a round's ratios
+compare were measured seconds apart; a load starts once the
 machine is quiet (or after --patience seconds of waiting for it, noted with
 the load average).  Each figure is the median over rounds; each ratio is the
 median of per-round ratios against a contender measured seconds apart:
@@ -445,18 +447,20 @@ def main():
                 check(contender, load)
             log("started", contender.name)
         for rnd in range(args.rounds):
-            for contender in started:
-                for load in contender.loads:
-                    busy = not quiet(args.patience)
-                    conns = args.new_conn_c if load.endswith("new-conn") else args.connections
-                    res = wrk(contender.url(load), load, conns, args.duration, load_cpu,
-                              args.threads)
-                    res["load1"] = os.getloadavg()[0]
-                    res["busy"] = busy
-                    runs.setdefault((contender.name, load), []).append(res)
-                    log("round %d %-18s %-13s %8.0f req/s load %.2f%s %s" % (
-                        rnd + 1, contender.name, load, res["rate"], res["load1"],
-                        " (busy)" if busy else "", res["errors"]))
+            # load by load, every contender in turn: the ratios of a round
+            # compare figures measured seconds apart, not minutes
+            for load, contender in [(load, c) for load in LOADS for c in started
+                                    if load in c.loads]:
+                busy = not quiet(args.patience)
+                conns = args.new_conn_c if load.endswith("new-conn") else args.connections
+                res = wrk(contender.url(load), load, conns, args.duration, load_cpu,
+                          args.threads)
+                res["load1"] = os.getloadavg()[0]
+                res["busy"] = busy
+                runs.setdefault((contender.name, load), []).append(res)
+                log("round %d %-18s %-13s %8.0f req/s load %.2f%s %s" % (
+                    rnd + 1, contender.name, load, res["rate"], res["load1"],
+                    " (busy)" if busy else "", res["errors"]))
         boot = startup(work, site)
     finally:
         for contender in started:

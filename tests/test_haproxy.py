@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TIMEOUT
 from netns_support import HAProxy, Lab, socket_in, start_superd_in
+from test_protection_support import proxy_v2
 
 LB = "10.77.0.1"
 HOSTS = {"h1": "10.77.0.11", "h2": "10.77.0.12", "h3": "10.77.0.13"}
@@ -282,8 +283,7 @@ def test_only_from_refuses_the_real_client_not_haproxy(cluster):
         assert time.monotonic() < deadline, "no host logged the refusal"
         time.sleep(0.05)
     # a client that talks to a host directly is not HAProxy: its header is not believed
-    header = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + socket.inet_aton(CLIENT_A)
-              + socket.inet_aton(LB) + (1234).to_bytes(2, "big") + (80).to_bytes(2, "big"))
+    header = proxy_v2(CLIENT_A, LB, 1234, 80)
     with socket_in(cluster.lab.ns("client")) as sock:
         sock.bind((STRANGER, 0))
         sock.connect((HOSTS["h2"], 7000))

@@ -465,6 +465,29 @@ def bring_back(cluster, host):
     assert {talk(cluster.lab, CLIENT_A)[0]["HOST"] for _ in range(6)} == set(HOSTS)
 
 
+def test_an_upgraded_host_loses_nothing(cluster):
+    """superdctl upgrade of h1 mid-load: its successor inherits the listeners
+    (and the stderr the test reads; the namespace sweep at teardown ends it),
+    HAProxy never sees h1 fail a check, and not one client fails."""
+    ready = cluster.hosts["h1"].ready_path
+    start = time.monotonic()
+    with Load(cluster, threads=3) as load:
+        load.wait_served(30, start)
+        run = subprocess.run([str(Path(sys.executable).with_name("superdctl")), "--ready-file",
+                              str(ready), "--json", "upgrade"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        successor = json.loads(run.stdout)["successor"]
+        assert json.loads(ready.read_text())["pid"] == successor
+        upgraded_at = time.monotonic()
+        load.wait_served(30, upgraded_at)
+    failed = [r for r in load.between(start) if r[1] is None]
+    print(f"\nh1 upgraded under load: {len(failed)} failed of {len(load.between(start))}")
+    assert failed == [], "the upgrade lost connections"
+    assert "h1" in {h for _, h, *_ in load.between(upgraded_at)}, "the successor serves"
+    assert "Server env/h1 is DOWN" not in cluster.haproxy.log()
+
+
 def test_a_drained_host_stopped_loses_nothing(cluster):
     """The way to take a host out: drain it in HAProxy, then TERM superd."""
     def drain_and_stop(daemon):

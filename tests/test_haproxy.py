@@ -16,9 +16,11 @@ superd gave it, a blank line, then echoes its input.  Clients connect from
 their namespace with sockets made there, so the address HAProxy sees, and
 names in its header, is known and differs from HAProxy's own.
 
-One HAProxy and three superd hosts serve the whole module; a test that takes
-a host down (drained then stopped, stopped, killed) starts it again and waits
-until HAProxy has it UP.  Each prints how many client connections failed.
+One HAProxy and three superd hosts serve the whole module.  Under load from
+client threads, one host is upgraded in place (superdctl upgrade), then hosts
+are taken down (drained then stopped, stopped, killed), each started again
+until HAProxy has it UP; each of those tests prints how many client
+connections failed.
 Teardown kills haproxy, every superd and handler (every pid left in the
 namespaces) and deletes the namespaces, failed tests and set-up included.
 """

@@ -171,7 +171,10 @@ class Contender:
         except OSError:
             return counts
         for line in text.splitlines():
-            word = line.split(None, 1)[0][:40] if line.strip() else ""
+            words = line.split()
+            if words and words[0][:4].isdigit() and "T" in words[0]:
+                words = words[1:]             # superd's RFC 3339 time first
+            word = words[0][:40] if words else ""
             if line.startswith("{"):
                 try:
                     word = str(json.loads(line).get("event", "json"))
@@ -287,12 +290,15 @@ class Superd(Contender):
                 f"`listen: 127.0.0.1:0`, `instances: 1000`{extra}; {self.per_connection}; "
                 f"logs one line per handler to stderr, a file here")
 
+    def program(self):
+        return [str(SUPERD)]
+
     def start(self):
         conf = self.dir / "services.yaml"
         conf.write_text("services:\n  hello:\n" + "".join(
             f"    {k}: {v}\n" for k, v in self.service().items()))
         ready = self.dir / "ready.json"
-        proc = self.popen([str(SUPERD), "-f", str(conf), "--ready-file", str(ready)])
+        proc = self.popen([*self.program(), "-f", str(conf), "--ready-file", str(ready)])
 
         def bound():
             try:
@@ -324,6 +330,18 @@ SuperdNobody = superd_variant(
     "posix_spawn by superd's spawn server for the service, which runs as that user")
 
 
+class SuperdBefore(Superd):
+    """superd from another checkout (SUPERD_BEFORE=PATH, e.g. a `git worktree` of
+    an earlier commit), under the same interpreter: before and after in one run."""
+
+    name = "superd-before"
+
+    def program(self):
+        path = os.environ["SUPERD_BEFORE"]
+        return [str(PYTHON), "-c",
+                f"import sys; sys.path.insert(0, {path!r}); from superd.cli import main; main()"]
+
+
 PEERS = [Tcpserver, Xinetd, SocketActivate]
 
 
@@ -344,6 +362,8 @@ def kinds(with_superd=True, only=""):
     if with_superd:
         if superd_runs():
             chosen.append(Superd)
+            if os.environ.get("SUPERD_BEFORE"):
+                chosen.append(SuperdBefore)
             if IS_ROOT:
                 chosen.append(SuperdNobody)
         else:

@@ -30,6 +30,8 @@ class Children:
         self.thresholds = thresholds
         self.grace = grace
         self.doomed = set()       # ids of connections to end as soon as their handler runs
+        self.on_listener_free = lambda listener: None   # a wait-mode handler let go of it
+        self.claim = lambda pid, status: False          # a pid that is another part's child
 
     def watch(self, conn):
         """A handler runs: arm its service's timeout (or end it, if it was killed meanwhile)."""
@@ -114,7 +116,7 @@ class Children:
         """SIGCHLD: reap every pid that ended (helper servers go to the pool)."""
         now = self.clock()
         for pid, status in reaping.reap_all():
-            if self.warm.reaped(pid, status):
+            if self.warm.reaped(pid, status) or self.claim(pid, status):
                 continue
             conn = self.table.by_pid.get(pid)
             if conn is None and self.table.counts["starting"]:
@@ -156,8 +158,9 @@ class Children:
         listener, record = conn.listener, conn.record
         listener.owner = None
         self.services.unblock(listener, "busy")
+        self.on_listener_free(listener)
         if listener.sock.fileno() == -1:
-            return                        # closed by a reload meanwhile
+            return                        # closed by a reload or an upgrade meanwhile
         listener.sock.setblocking(False)
         if not fast or not readable(listener.fd):
             record.fast_exits = 0

@@ -12,7 +12,7 @@ import sys
 
 from superd import __version__
 from superd import config as configuration
-from superd.logs import LEVELS, Logger
+from superd.logs import LEVELS, TIMES, Logger, default_times, syslog_socket
 from superd.sysutil import errname
 
 EX_OK, EX_USAGE, EX_OSERR, EX_CONFIG = 0, 64, 71, 78
@@ -35,8 +35,19 @@ def parse(argv):
                         help="validate the file, print every error, exit 0 or 78")
     parser.add_argument("--ready-file", metavar="PATH",
                         help="write the bound addresses as JSON here when ready and after each reload")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=tuple(LEVELS), default="info")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="one line per event: `event key=value ...` (text) or a JSON "
+                             "object (json); default text")
+    parser.add_argument("--log-level", choices=tuple(LEVELS), default="info",
+                        help="the least severe events logged: debug adds a line per handler "
+                             "start; default info")
+    parser.add_argument("--log-time", choices=TIMES, default=None,
+                        help="text lines begin with an RFC 3339 time in UTC or local time "
+                             "with its offset, or none (default: utc; none when stderr is "
+                             "journald's, which stamps lines itself)")
+    parser.add_argument("--log", choices=("stderr", "syslog"), default="stderr",
+                        help="where lines go: standard error, or the local syslog socket "
+                             "/dev/log (journald or a syslog daemon; facility daemon)")
     parser.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
                         help="on TERM, how long handlers may finish before they are killed (10)")
     parser.add_argument("--print-example", action="store_true",
@@ -89,7 +100,7 @@ def serve(path, args):
     from superd.supervisor import ReadyFileError, Supervisor
 
     _prepare_fds()
-    log = Logger(args.log_format, args.log_level)
+    log = _logger(args)
     try:
         thresholds = tuning.from_text(os.environ.get("SUPERD_THRESHOLDS"))
     except ValueError as err:
@@ -113,6 +124,21 @@ def serve(path, args):
         log.error("cannot-listen", address=getattr(err, "address", ""), error=errname(err))
         return EX_OSERR
     return supervisor.run()
+
+
+def _logger(args):
+    """The Logger the options ask for; without a syslog socket, stderr (said there)."""
+    times = args.log_time or default_times(os.environ)
+    if args.log == "syslog":
+        path = os.environ.get("SUPERD_SYSLOG_SOCKET", "/dev/log")   # tests name theirs
+        try:
+            return Logger(args.log_format, args.log_level, syslog=syslog_socket(path))
+        except OSError as err:
+            log = Logger(args.log_format, args.log_level, times=times)
+            log.error("syslog-unavailable", path=path, error=errname(err),
+                      fallback="stderr")
+            return log
+    return Logger(args.log_format, args.log_level, times=times)
 
 
 def _prepare_fds():

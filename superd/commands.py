@@ -20,7 +20,7 @@ OPERATOR = "operator"     # the pause reason `superdctl pause` sets
 
 class Commands:
     def __init__(self, services, table, children, intake, proxies, history, clock, log,
-                 reload, config, daemon):
+                 reload, config, daemon, upgrade):
         self.services = services
         self.table = table
         self.children = children
@@ -32,16 +32,20 @@ class Commands:
         self.reload = reload      # () -> verdict dict
         self.config = config      # () -> the running config.Config
         self.daemon = daemon      # () -> snapshot.daemon's dict
+        self.start_upgrade = upgrade   # (respond) -> refusal, or None: respond() with the verdict
         self.table_of = {"status": self.status, "list": self.list, "kill": self.kill,
                          "pause": self.pause, "resume": self.resume,
                          "reload": lambda request: self.reload(),
                          "config": self.effective_config, "upgrade": self.upgrade}
 
-    def answer(self, request):
+    def answer(self, request, respond):
+        """The answer, or None when it comes later through respond(answer) (upgrade)."""
         command = self.table_of.get(request["command"])
         if command is None:
             return refused(f"unknown command {request['command']!r} "
                            f"(known: {', '.join(self.table_of)})")
+        if command == self.upgrade:
+            return self.upgrade(respond)
         return command(request)
 
     def status(self, request):
@@ -110,8 +114,8 @@ class Commands:
                 "services": {s.name: {f.name: plain(getattr(s, f.name))
                                       for f in dataclasses.fields(s)} for s in config.services}}
 
-    def upgrade(self, request):
-        return refused("upgrade in place is not built yet")
+    def upgrade(self, respond):
+        return self.start_upgrade(respond)
 
 
 def refused(why):

@@ -27,6 +27,7 @@ from superd.sysutil import errname
 
 MAX_REQUEST = 64 << 10
 DEADLINE = 5.0            # seconds (tuning.Thresholds.control_deadline)
+LATER_DEADLINE = 60.0      # seconds an answer that comes later (upgrade) may take
 MAX_CLIENTS = 32
 BACKLOG = 16
 
@@ -60,7 +61,7 @@ class ControlServer:
         self.timers = timers
         self.clock = clock
         self.log = log
-        self.answer = answer      # (request dict) -> answer dict
+        self.answer = answer      # (request, respond) -> answer dict, or None: respond() later
         self.deadline = deadline
         self.sock = None
         self.path = None
@@ -94,6 +95,10 @@ class ControlServer:
     def close(self):
         for client in list(self.clients):
             self._drop(client)
+        self.close_listener()
+
+    def close_listener(self):
+        """Stop taking clients (the ones connected are still answered)."""
         if self.sock is None:
             return
         self.selector.unregister(self.sock)
@@ -122,7 +127,7 @@ class ControlServer:
             client = Client(sock)
             self.clients.add(client)
             client.timer = self.timers.at(self.clock() + self.deadline,
-                                          partial(self._expired, client))
+                                      partial(self._expired, client))
             self.selector.register(sock, selectors.EVENT_READ, partial(self._readable, client))
 
     def _readable(self, client):
@@ -137,18 +142,32 @@ class ControlServer:
         client.got += data
         line, newline, _ = client.got.partition(b"\n")
         if newline:
-            self._reply(client, self._answer(line))
+            answer = self._answer(line, partial(self._reply_later, client))
+            if answer is None:         # it will come: the command runs on in the loop
+                self.selector.unregister(client.sock)
+                client.timer.cancel()
+                client.timer = self.timers.at(self.clock() + LATER_DEADLINE,
+                                              partial(self._expired, client))
+                return
+            self._reply(client, answer)
         elif len(client.got) > MAX_REQUEST:
             self._reply(client, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
 
-    def _answer(self, line):
+    def _reply_later(self, client, answer):
+        if client in self.clients:
+            self.selector.register(client.sock, selectors.EVENT_WRITE,
+                                   partial(self._writable, client))
+            client.out = memoryview((json.dumps(answer) + "\n").encode())
+            self._writable(client)
+
+    def _answer(self, line, respond):
         try:
             request = json.loads(line)
         except ValueError:
             return {"ok": False, "error": "the request is not one line of JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             return {"ok": False, "error": 'a request is an object with a "command"'}
-        return self.answer(request)
+        return self.answer(request, respond)
 
     def _reply(self, client, answer):
         client.out = memoryview((json.dumps(answer) + "\n").encode())

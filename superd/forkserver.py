@@ -63,14 +63,9 @@ child closes fd 3 only after that, so once superd has seen this server
 exit and its socket reach end of file, the ledger holds every handler it
 forked.
 
-Vocabulary (the same in preload.py, warmserver.py and forkserver.py): a
-*helper server* is one forkserver.py process.  In warm mode it is a *warm
-interpreter* (`preload: true`): it has the handler imported and forks each
-handler from itself.  In spawn mode it is a *spawn server* (a service with
-`user:`/`group:` and no rlimits, not preloaded): it runs as that user and
-posix_spawns each handler.  forkserver.py is the program of both;
-warmserver.WarmInterpreter is superd's end of one; preload.WarmPool decides
-which services get which, and how many.
+Vocabulary as in preload.py: this one program is every helper server, the
+warm interpreter of a preloaded service and the spawn server of a `user:`
+service alike.
 """
 
 import _signal

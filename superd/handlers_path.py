@@ -44,7 +44,7 @@ def internal_argv(name, bytecode=True, service=""):
     """(interpreter, -S, program, service args...) for `internal: name`.
 
     The bytecode's file is named after the service and the handler
-    (SERVICE-superd-NAME-...pyc), so `ps` tells which handler serves what."""
+    (SERVICE-superd-NAME-FILE-...pyc), so `ps` tells which handler serves what."""
     source = internal_source(name)
     program = compiled(source, f"{service}-superd-{name}" if service else "") if bytecode else source
     return (os.path.realpath(sys.executable), "-S", program) + INTERNAL[name][1]
@@ -58,7 +58,8 @@ def compiled(source, label=""):
     try:
         cache = _cache_dir()
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        target = cache / f"{label or Path(source).stem}-{digest}.{sys.implementation.cache_tag}.pyc"
+        name = f"{label}-{Path(source).stem}" if label else Path(source).stem
+        target = cache / f"{name}-{digest}.{sys.implementation.cache_tag}.pyc"
         if not target.exists() or target.stat().st_mtime_ns < os.stat(source).st_mtime_ns:
             py_compile.compile(source, cfile=str(target), doraise=True)
         return str(target)

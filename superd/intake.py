@@ -138,10 +138,19 @@ class Intake:
     def proxy_header(self, conn, header):
         if not self.services.current(conn.record) or self.services.stopping:
             return self.refuse(conn, "service_gone")
+        if header.local:                 # HAProxy's check: connecting was the test
+            return self.health_check(conn)
         if header.source is not None:    # LOCAL, UNKNOWN, UNSPEC, UNIX: the connection's own
             conn.peer, conn.local = header.source, header.destination
             conn.client = client_text(*header.source)
         self.admit(conn, proxied=True)
+
+    def health_check(self, conn):
+        """A PROXY v2 LOCAL connection: counted, closed, no handler, a debug line only."""
+        conn.record.counters.health_checks += 1
+        self.log.debug("health-check", service=conn.record.name, client=conn.client,
+                       conn=conn.id)
+        self.table.close(conn)
 
     def proxy_refused(self, conn, reason, detail):
         self.refuse(conn, reason, detail=detail)

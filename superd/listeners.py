@@ -43,7 +43,7 @@ class Listener:
         self.local = None
         if address.kind == "inet" and address.host not in ("", "0.0.0.0", "::"):
             self.local = sock.getsockname()[:2]
-        self.unix_inode = _inode(address.path) if address.kind == "unix" and not adopted else None
+        self.unix_inode = inode(address.path) if address.kind == "unix" and not adopted else None
         # the loop's view of it (services.Services decides): why it is not watched
         # now (busy, backoff, error), whether it is, and the wait-mode handler using it
         self.blocked = set()
@@ -54,10 +54,14 @@ class Listener:
     def key(self):
         return identity(self.service, self.address, self.protocol)
 
+    def release(self):
+        """Close our copy only: an upgrade's successor serves the socket (and its file)."""
+        self.sock.close()
+
     def close(self):
         if self.unix_inode is not None:
             try:
-                if _inode(self.address.path) == self.unix_inode:
+                if inode(self.address.path) == self.unix_inode:
                     os.unlink(self.address.path)
             except OSError:
                 pass
@@ -151,7 +155,7 @@ def remove_stale(path):
     raise OSError(errno.EADDRINUSE, f"{path}: another server is listening there")
 
 
-def _inode(path):
+def inode(path):
     try:
         st = os.lstat(path)
     except OSError:
@@ -179,6 +183,7 @@ def adopt(passed, services):
         service, address = match
         listener = Listener(service.name, address, service.protocol, sock, adopted=True)
         adopted[listener.key] = listener
+        listener.inherited_fd = fd
     return adopted, unwanted
 
 

@@ -7,7 +7,8 @@ more bytes are needed, or raises `ProxyError` naming what is wrong.
 caller consumes those and not one byte of the payload behind them.
 
 Decisions: LOCAL (v2), UNKNOWN (v1) and the UNSPEC and UNIX families carry
-no client IP; for them the connection's own addresses stand.  TLVs (v2) are
+no client IP; for them the connection's own addresses stand.  LOCAL is
+marked (`Header.local`): it is the balancer's health check, not a client.  TLVs (v2) are
 skipped.  A header longer than MAX_HEADER is refused.  An IPv4-mapped IPv6
 address (::ffff:a.b.c.d) is reported as the IPv4 address, as superd reports
 such a client on a dual-stack listener.
@@ -33,6 +34,7 @@ class Header:
     version: int             # 1 or 2
     source: tuple = None     # (ip text, port) of the original client, or None
     destination: tuple = None
+    local: bool = False      # v2 LOCAL: the balancer's own connection (a health check)
 
 
 def parse(data, accept="any"):
@@ -108,7 +110,7 @@ def _parse_v2(data):
     if len(data) < 16 + length:
         return None
     if command == 0:                       # LOCAL: a health check by the balancer itself
-        return Header(16 + length, 2)
+        return Header(16 + length, 2, local=True)
     if family not in _V2_FAMILIES:
         raise ProxyError("unknown v2 address family")
     need, fmt, version = _V2_FAMILIES[family]

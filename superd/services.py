@@ -33,6 +33,7 @@ class Services:
         self.load_reader = load_reader
         self.records = {}                 # name -> ServiceRecord (the current configuration)
         self.stopping = False
+        self.accepting = True             # False once an upgrade's successor serves
         self.load_timer = None
 
     def get(self, name):
@@ -48,7 +49,7 @@ class Services:
     def sync(self, record):
         """Watch each listener of record exactly when it may accept."""
         for listener in record.listeners:
-            want = not self.stopping and not record.reasons(listener)
+            want = self.accepting and not self.stopping and not record.reasons(listener)
             if want and not listener.watched:
                 self.selector.register(listener.fd, selectors.EVENT_READ,
                                        partial(self.on_readable, listener))

@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 
-from superd import announce, control, preload, reaping, snapshot, spawn, systemd, tuning
+from superd import announce, control, preload, reaping, snapshot, spawn, systemd, tuning, upgrade
 from superd import config as configuration
 from superd import listeners as sockets
 from superd.children import Children
@@ -43,7 +43,8 @@ from superd.stderrlog import HandlerStderr
 from superd.sysutil import errname, ignore_in_handler, load_reader, unlink_quietly
 from superd.timers import Timers
 
-HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+                   signal.SIGUSR2)
 
 
 class ReadyFileError(OSError):
@@ -99,9 +100,18 @@ class Supervisor:
         self.commands = Commands(self.services, table, self.children, self.intake, self.proxies,
                                  self.history, clock, log, reload=self.reload,
                                  config=lambda: self.config,
-                                 daemon=lambda: snapshot.daemon(self.started_wall, self.reloads))
+                                 daemon=lambda: snapshot.daemon(self.started_wall, self.reloads),
+                                 upgrade=self.upgrade)
         self.control = control.ControlServer(selector, timers, clock, log, self.commands.answer,
                                             thresholds.control_deadline)
+        self.handover = upgrade.Handover(selector, self.spawner, log, on_ready=self._handed_over,
+                                         on_failed=self._upgrade_failed)
+        self.children.on_listener_free = self.handover.freed
+        self.children.claim = lambda pid, status: self.handover.reaped(pid, reaping.decode(status))
+        self.upgrade_waiters = []     # superdctl upgrade clients waiting for the verdict
+        self.predecessor = None       # (ready fd, freed fd) from the superd this one replaces
+        self.held = set()             # addresses a predecessor's wait-mode handler still owns
+        self.fds_stored = False       # the listeners are in systemd's fd store too
 
     # -- start-up ------------------------------------------------------------
     def start(self):
@@ -111,12 +121,16 @@ class Supervisor:
         """
         config = configuration.load(self.config_path)
         recipes = {s.name: spawn.recipe(s) for s in config.enabled}
-        adopted, unwanted = sockets.adopt(systemd.listen_fds(), config.enabled)
+        passed, busy, state, ready_fd, freed_fd = upgrade.inherited()
+        adopted, unwanted = sockets.adopt(systemd.listen_fds() + passed, config.enabled)
         for sock in unwanted:
             self.log.warning("systemd-socket-unused", address=sockets.bound_text(sock))
             sock.close()
         self.listeners, _ = sockets.reconcile(adopted, config.enabled)
+        self._inherit(busy, state, ready_fd, freed_fd)
         self._install(config, recipes)
+        if state:
+            self._carry_over(state)
         self._signals()
         preload.become_subreaper()
         self.warm.configure(config.enabled)
@@ -131,7 +145,115 @@ class Supervisor:
         except OSError as err:
             self._abandon_start()
             raise ReadyFileError(self.ready_file, err) from err
+        if self.predecessor is not None:
+            systemd.notify(f"MAINPID={os.getpid()}")
         announce.notify_ready(self.services)
+        self._store_fds()             # after READY=1: a reader of the first message sees it
+        if self.predecessor is not None:
+            upgrade.say_ready(self.predecessor[0])
+
+    def _inherit(self, busy, state, ready_fd, freed_fd):
+        """An upgrade's successor: block the listeners the predecessor's wait-mode
+        handlers still own, until it says they are free."""
+        if ready_fd < 0:
+            return
+        self.predecessor = (ready_fd, freed_fd)
+        for listener in self.listeners.values():
+            fd = getattr(listener, "inherited_fd", None)
+            if fd in busy:
+                listener.adopted = False      # the socket's file is ours to remove now
+                if listener.address.kind == "unix":
+                    listener.unix_inode = sockets.inode(listener.address.path)
+                if busy[fd]:
+                    listener.blocked.add("predecessor")
+                    self.held.add(listener.text)
+        if freed_fd >= 0:
+            os.set_blocking(freed_fd, False)
+            self.selector.register(freed_fd, selectors.EVENT_READ, self._predecessor_freed)
+
+    def _carry_over(self, state):
+        """Connection ids and counters go on from where the predecessor left them."""
+        try:
+            self.table.next_id = max(self.table.next_id, int(state.get("next_id", 1)))
+            self.started_wall = float(state.get("started", self.started_wall))
+            self.reloads.update({k: int(v) for k, v in state.get("reloads", {}).items()
+                                 if k in self.reloads})
+        except (TypeError, ValueError, AttributeError):
+            return
+        for name, counters in (state.get("counters") or {}).items():
+            record = self.services.get(name)
+            if record is not None:
+                record.counters = upgrade.counters_from(counters)
+
+    def _predecessor_freed(self):
+        """Lines of addresses its wait-mode handlers let go of; EOF: it has exited."""
+        fd = self.predecessor[1]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        freed = set(data.decode(errors="replace").split()) & self.held if data else set(self.held)
+        self.held -= freed
+        for text in freed:
+            self.handover.freed_text(text)      # handed over already: tell ours in turn
+        for record in self.services:
+            for listener in record.listeners:
+                if "predecessor" in listener.blocked and listener.text in freed:
+                    listener.blocked.discard("predecessor")
+                    self.services.sync(record)
+        if not data:
+            self.selector.unregister(fd)
+            os.close(fd)
+
+    # -- upgrade in place (the predecessor's side) ---------------------------------
+    def upgrade(self, respond=None):
+        """USR2 and `superdctl upgrade`: start a successor; None, or a refusal."""
+        if self.services.stopping or self.handover.done:
+            why = "superd is stopping" if self.services.stopping else "this superd has handed over"
+            return self._upgrade_refused(why, respond)
+        state = {"next_id": self.table.next_id, "started": self.started_wall,
+                 "reloads": self.reloads,
+                 "counters": {r.name: upgrade.counters_state(r.counters) for r in self.services}}
+        if self.handover.pid is not None:
+            return self._upgrade_refused("an upgrade is under way", respond)
+        self.control.close_listener()     # its path is the successor's to bind
+        try:
+            self.handover.start(list(self.listeners.values()), state,
+                                busy=lambda l: l.owner is not None or l.text in self.held)
+        except upgrade.UpgradeRefused as err:
+            self._open_control()
+            return self._upgrade_refused(str(err), respond)
+        if respond is not None:
+            self.upgrade_waiters.append(respond)
+        return None
+
+    def _upgrade_refused(self, why, respond):
+        self.log.warning("upgrade-refused", reason=why)
+        answer = {"ok": False, "error": f"no upgrade: {why}"}
+        return answer if respond is not None else None
+
+    def _handed_over(self, pid):
+        """The successor serves: stop accepting, serve what was accepted, then leave."""
+        self.log.info("upgraded", successor=pid, running=len(self.table.by_pid),
+                      waiting=len(self.table.live) - len(self.table.by_pid))
+        self.services.accepting = False
+        for listener in self.listeners.values():
+            self.services.unwatch(listener)
+            listener.release()
+        self.listeners = {}
+        for record in self.services:
+            record.listeners = []
+        self.warm.stop_all()
+        self._answer_upgrade({"ok": True, "successor": pid})
+
+    def _upgrade_failed(self, why):
+        self._open_control()
+        self._answer_upgrade({"ok": False, "error": f"the new superd failed: {why}"})
+
+    def _answer_upgrade(self, answer):
+        waiters, self.upgrade_waiters = self.upgrade_waiters, []
+        for respond in waiters:
+            respond(answer)
 
     def _abandon_start(self):
         """Undo a start that cannot announce itself: no listener or server outlives it."""
@@ -202,7 +324,7 @@ class Supervisor:
         table, flush_log = self.table, self.log.flush
         self.log.buffered()
         try:
-            while not (self.services.stopping and not table.by_pid and not table.counts["starting"]):
+            while not self._finished(table):
                 flush_log()               # before sleeping: no line waits longer
                 for key, _ in wait_for_events(timers.delay(clock())):
                     self._guarded(key.data)
@@ -213,9 +335,15 @@ class Supervisor:
             self.log.info("stopped", pid=os.getpid())
         finally:
             flush_log()
-        if self.ready_file:
+        if self.ready_file and not self.handover.done:   # else the successor's now
             unlink_quietly(self.ready_file)
         return 0
+
+    def _finished(self, table):
+        """Stopped and every handler reaped; or handed over and every connection done."""
+        if self.handover.done:            # and no predecessor's handler to wait for on its behalf
+            return not table.live and not self.held
+        return self.services.stopping and not table.by_pid and not table.counts["starting"]
 
     def _guarded(self, callback, *args):
         """Run one event's work; a bug in it is logged, and everyone else is still served."""
@@ -243,6 +371,8 @@ class Supervisor:
             self.reload()
         if signal.SIGUSR1 in received:
             self.status()
+        if signal.SIGUSR2 in received:
+            self.upgrade()
         for sig in (signal.SIGTERM, signal.SIGINT):
             if sig in received:
                 self.stop(sig)
@@ -273,11 +403,13 @@ class Supervisor:
         verdict = self._changes(config)
         for listener in unwanted:
             self._close_listener(listener)
+        removed = [r.name for r in self.services if r.name not in recipes]
         for record in self.services:
             if record.name not in recipes:
                 self._remove(record)
         self.listeners = wanted
         self._install(config, recipes)
+        self._store_fds(removed)
         self.warm.configure(config.enabled)
         for record in self.services:
             self.services.freed(record)   # a larger `instances` has room for the queued now
@@ -324,6 +456,23 @@ class Supervisor:
         self.intake.close_queued(record)
         self.log.info("removed", service=record.name, running=record.running)
 
+    def _store_fds(self, removed=()):
+        """Under systemd with an fd store, every service's listeners in it (a
+        restart gets them back), replacing what was stored under its name (a
+        socket no entry wants must not go on queueing clients there); a
+        removed service's are taken out."""
+        # systemd (254 and later) says how many fds the store keeps, if any
+        store = os.environ.get("FDSTORE", "")
+        self.fds_stored = bool(os.environ.get("NOTIFY_SOCKET")) and store.isdigit() \
+            and int(store) > 0
+        if not self.fds_stored:
+            return
+        for name in removed:
+            systemd.forget_fds(name)
+        for record in self.services:
+            systemd.forget_fds(record.name)
+            systemd.store_fds(record.name, [l.fd for l in record.listeners])
+
     def _announce(self):
         """After a reload: the ready file anew (a failure is logged: the old
         file still names a live pid), then systemd."""
@@ -343,7 +492,10 @@ class Supervisor:
         systemd.notify("STOPPING=1")
         for listener in list(self.listeners.values()):
             self.services.unwatch(listener)
-            listener.close()
+            if self.fds_stored:
+                listener.release()    # systemd keeps it for the next superd: so its file
+            else:
+                listener.close()
         self.listeners = {}
         self.proxies.close_all(self.services)
         self.warm.stop_all()

@@ -9,14 +9,9 @@ are the ones forkserver.py's docstring describes: the service's environment
 goes once, in the server's settings, and each start sends only the
 connection's variables.
 
-Vocabulary (the same in preload.py, warmserver.py and forkserver.py): a
-*helper server* is one forkserver.py process.  In warm mode it is a *warm
-interpreter* (`preload: true`): it has the handler imported and forks each
-handler from itself.  In spawn mode it is a *spawn server* (a service with
-`user:`/`group:` and no rlimits, not preloaded): it runs as that user and
-posix_spawns each handler.  forkserver.py is the program of both;
-warmserver.WarmInterpreter is superd's end of one; preload.WarmPool decides
-which services get which, and how many.
+Vocabulary as in preload.py: a helper server (forkserver.py) is a warm
+interpreter (`preload: true`) or a spawn server (`user:` services); this is
+superd's end of either.
 """
 
 import array

@@ -38,6 +38,10 @@ HANDLERS = ROOT / "handlers"
 TIMEOUT = 10.0
 
 
+# superd's text lines begin with their time (superd(8), LOGGING); tests match the rest
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(?:Z|[+-]\d\d:\d\d) ")
+
+
 class LogReader(threading.Thread):
     """Collects a daemon's stderr lines; tests wait on them with a condition."""
 
@@ -51,8 +55,9 @@ class LogReader(threading.Thread):
 
     def run(self):
         for raw in self.stream:
+            line = STAMP.sub("", raw.decode("utf-8", "replace").rstrip("\n"), count=1)
             with self.cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.lines.append(line)
                 self.cond.notify_all()
         with self.cond:
             self.closed = True
@@ -136,6 +141,10 @@ class Daemon:
     def send(self, sig):
         os.kill(self.pid, sig)
 
+    def current_pid(self):
+        """The pid serving now (after an upgrade, the successor's): the ready file's."""
+        return self.ready["pid"]
+
     def reload(self, new_text=None):
         """Optionally rewrite the config, send HUP, wait until it is done."""
         if new_text is not None:
@@ -175,11 +184,14 @@ class Daemon:
         sessions of their own, so killing superd's group alone would orphan
         the ones still running (a wait-mode handler accepts forever): the
         group is stopped first, so it forks no more while its tree is read."""
-        if self.proc.poll() is None:
+        # superd and the successors an upgrade started stay in its process group
+        members = _group_members(self.pid)
+        if self.proc.poll() is None or members:
             handlers = []
             try:
                 os.killpg(self.pid, signal.SIGSTOP)
-                handlers = [_pidfd(p.pid) for p in psutil.Process(self.pid).children(recursive=True)]
+                for member in members or [self.pid]:
+                    handlers += [_pidfd(p.pid) for p in psutil.Process(member).children(recursive=True)]
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
@@ -191,6 +203,18 @@ class Daemon:
                 select.select([fd], [], [], TIMEOUT)
                 os.close(fd)
         self.notify.close()
+
+
+def _group_members(pgid):
+    """Live processes in process group pgid (an upgraded superd's successors among them)."""
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return members
 
 
 def _pidfd(pid):

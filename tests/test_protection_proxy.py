@@ -8,7 +8,10 @@ eaten.  A refused connection is closed unserved; `proxy_timeout` is longer
 than the client's socket timeout wherever a test claims "refused at once".
 """
 
+import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,12 +70,10 @@ def test_valid_header_names_the_original_client(proxied, service, header, src, s
     check_named(answer, src, sport, dst, dport, b"payload after the header")
 
 
-@pytest.mark.parametrize("service, header", [("v2", proxy_v2(command=0)),
-                                             ("any", proxy_v2("192.0.2.1", "192.0.2.2", 1, 2, command=0)),
-                                             ("v1", b"PROXY UNKNOWN\r\n"),
+@pytest.mark.parametrize("service, header", [("v1", b"PROXY UNKNOWN\r\n"),
                                              ("any", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n")],
-                         ids=["v2-local", "v2-local-with-addresses", "v1-unknown", "v1-unknown-with-junk"])
-def test_local_and_unknown_keep_the_connections_own_addresses(proxied, service, header):
+                         ids=["v1-unknown", "v1-unknown-with-junk"])
+def test_unknown_keeps_the_connections_own_addresses(proxied, service, header):
     address = proxied.address(service)
     with open_from(address, "127.0.0.5") as sock:
         sock.sendall(header + b"health check")
@@ -80,6 +81,32 @@ def test_local_and_unknown_keep_the_connections_own_addresses(proxied, service, 
         port = sock.getsockname()[1]
         answer = answer_of(sock)
     check_named(answer, "127.0.0.5", port, "127.0.0.1", address[1], b"health check")
+
+
+@pytest.mark.parametrize("service, header", [("v2", proxy_v2(command=0)),
+                                             ("any", proxy_v2("192.0.2.1", "192.0.2.2", 1, 2, command=0))],
+                         ids=["v2-local", "v2-local-with-addresses"])
+def test_a_local_header_is_a_health_check_no_handler_no_log_line(proxied, service, header):
+    """HAProxy's checks (v2 LOCAL): counted, closed at once, nothing at info level.
+
+    (This was served with the connection's own addresses, like UNKNOWN,
+    before DESIGN.md's "Behind a load balancer" made it a health check.)"""
+    address = proxied.address(service)
+    with open_from(address, "127.0.0.5") as sock:
+        sock.sendall(header)
+        assert read_until_eof(sock) == b"", "closed: no handler answered"
+    proxied.send(signal.SIGUSR1)
+    proxied.log.wait_for(rf"^status service={service} ")
+    assert proxied.log.count(r"client=127\.0\.0\.5") == 0, "nothing logged at info level"
+    talk(address, b"x", before=proxy_v1("192.0.2.1", "192.0.2.2", 1, 2)
+         if service == "any" else proxy_v2("192.0.2.1", "192.0.2.2", 1, 2))
+    proxied.log.wait_for(r"^exit service=\S+ client=192\.0\.2\.1:1 ")
+    assert proxied.log.count(r"^exit ") == 1, "only the real client got a handler"
+    status = subprocess.run([str(Path(sys.executable).with_name("superdctl")), "--ready-file",
+                             str(proxied.ready_path), "--json", "status"],
+                            capture_output=True, text=True, timeout=30, check=True)
+    counted = {s["name"]: s["health_checks"] for s in json.loads(status.stdout)["services"]}
+    assert counted[service] == 1
 
 
 BAD_HEADERS = [  # (service, bytes, id)

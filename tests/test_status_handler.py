@@ -433,12 +433,15 @@ def load_status():
     return module
 
 
+def containers(inner):
+    """JSON arrays and objects of inner values."""
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
     | st.sampled_from([10 ** 400, -10 ** 400]),            # past a float's range
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    containers, max_leaves=12)
 
 
 @st.composite
@@ -474,9 +477,7 @@ def test_any_document_renders_and_parses(doc):
 
 FINITE_JSON = st.recursive(
     st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    containers, max_leaves=12)
 
 
 @FUZZ

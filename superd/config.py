@@ -77,6 +77,7 @@ class Service:
     proxy_from: tuple = ()    # who may send a PROXY header (ip_network objects)
     proxy_timeout: float = 10.0
     preload: bool = False     # Python handlers: fork a warm interpreter instead of exec
+    reuse_port: bool = False  # SO_REUSEPORT: several superds may listen on the address
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ SERVICE_KEYS = {
     "proxy_from": values.network_list,
     "proxy_timeout": values.duration,
     "preload": values.boolean,
+    "reuse_port": values.boolean,
 }
 # Keys that only make sense where superd sees each connection.
 NOWAIT_ONLY = ("only_from", "no_access", "per_source", "per_source_v6_prefix",
@@ -368,6 +370,9 @@ def _resolve(name, line, merged, found, folder, environ):
     for address in get.get("listen", ()):
         if address.kind == "unix" and protocol == "udp":
             found.add(*where["listen"], "unix: addresses are stream sockets; protocol must be tcp")
+        if address.kind == "unix" and get.get("reuse_port"):
+            found.add(*where["reuse_port"], "only IP addresses can be shared (SO_REUSEPORT); "
+                      f"{address.text} is a unix socket")
     _protection_rules(get, where, mode, protocol, found)
     argv = _argv(name, get, where, line, key, found, folder)
     uid, gid, groups = _credentials(get, where, found)
@@ -387,7 +392,7 @@ def _resolve(name, line, merged, found, folder, environ):
         max_load=get.get("max_load"), rlimits=get.get("rlimits", ()),
         proxy_protocol=get.get("proxy_protocol", "none"),
         proxy_from=get.get("proxy_from", ()), proxy_timeout=get.get("proxy_timeout", 10.0),
-        preload=get.get("preload", False))
+        preload=get.get("preload", False), reuse_port=get.get("reuse_port", False))
 
 
 def _protection_rules(get, where, mode, protocol, found):

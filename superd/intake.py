@@ -117,6 +117,29 @@ class Intake:
         conn.env.update(conn.record.env)
         conn.env["SUPERD_CONN"] = str(conn.id)
 
+    def drain(self, record, listener):
+        """Before a reuse_port listener closes at a stop: take every connection
+        queued on it and start it (Linux resets what a closed SO_REUSEPORT
+        socket still queues; the other instances never see those)."""
+        taken = 0
+        while True:
+            try:
+                fd, peer = listener.sock._accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                if err.errno in PER_CONNECTION_ERRORS:
+                    continue
+                break
+            taken += 1
+            record.counters.accepted += 1
+            self.admit(self.table.open(record, listener, fd, peer))
+        while record.queue:                 # the stop grants them a slot: they were queued
+            self.start(record.queue.popleft())
+        if taken:
+            self.log.info("drained", service=record.name, address=listener.text,
+                          connections=taken)
+
     def start_queued(self, record):
         """Start connections that waited for a free slot, or for a pause
         (rate, load, looping) to end: they were accepted already."""

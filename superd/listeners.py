@@ -85,33 +85,39 @@ def bound_text(sock):
     return f"{name[0]}:{name[1]}"
 
 
-def bind(address, protocol):
-    """A new non-blocking, close-on-exec socket bound (and listening) on address."""
+def bind(address, protocol, reuse_port=False):
+    """A new non-blocking, close-on-exec socket bound (and listening) on address
+    (with SO_REUSEPORT: other processes may bind it too, and the kernel
+    spreads new connections over them)."""
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     if address.kind == "unix":
         sock = _bind_unix(address.path)
     elif address.host == "":
         try:
-            sock = _bind_inet(socket.AF_INET6, kind, "::", address.port, v6only=False)
+            sock = _bind_inet(socket.AF_INET6, kind, "::", address.port, v6only=False,
+                              reuse_port=reuse_port)
         except OSError as err:
             if err.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-            sock = _bind_inet(socket.AF_INET, kind, "0.0.0.0", address.port)
+            sock = _bind_inet(socket.AF_INET, kind, "0.0.0.0", address.port, reuse_port=reuse_port)
     elif address.is_v6:
-        sock = _bind_inet(socket.AF_INET6, kind, address.host, address.port, v6only=True)
+        sock = _bind_inet(socket.AF_INET6, kind, address.host, address.port, v6only=True,
+                          reuse_port=reuse_port)
     else:
-        sock = _bind_inet(socket.AF_INET, kind, address.host, address.port)
+        sock = _bind_inet(socket.AF_INET, kind, address.host, address.port, reuse_port=reuse_port)
     if kind == socket.SOCK_STREAM:
         sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
 
-def _bind_inet(family, kind, host, port, v6only=None):
+def _bind_inet(family, kind, host, port, v6only=None, reuse_port=False):
     sock = socket.socket(family, kind)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if v6only is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind((host, port))
@@ -236,7 +242,7 @@ def reconcile(current, services):
                     wanted[key] = old
                     continue
                 try:
-                    sock = bind(address, service.protocol)
+                    sock = bind(address, service.protocol, service.reuse_port)
                 except OSError as err:
                     err.address = address.text
                     raise

@@ -490,6 +490,10 @@ class Supervisor:
             return
         self.services.stopping = True
         systemd.notify("STOPPING=1")
+        for record in self.services:
+            if record.service.reuse_port and record.service.mode == "nowait":
+                for listener in record.listeners:
+                    self.intake.drain(record, listener)
         for listener in list(self.listeners.values()):
             self.services.unwatch(listener)
             if self.fds_stored:

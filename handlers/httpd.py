@@ -2204,7 +2204,8 @@ EPOLLOUT = select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 LOOP_BODY = 64 << 10        # most request body bytes the loop gathers in memory
 SMALL_FILE = 16 << 10       # a file answer this short goes out in one send with its head
-ACCEPT_BATCH = 16           # most accepts per wake-up: leave some for the other workers
+ACCEPT_BATCH = 1            # accepts per wake-up: one, as nginx's default, so that
+                            # clients that come at once spread over the workers
 ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM
 LINGER_TIME = 2.0           # seconds a closing connection drains what the peer still sends
 LINGER_BYTES = 1 << 20

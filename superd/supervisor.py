@@ -490,8 +490,8 @@ class Supervisor:
             return
         self.services.stopping = True
         systemd.notify("STOPPING=1")
-        for record in self.services:
-            if record.service.reuse_port and record.service.mode == "nowait":
+        for record in self.services:      # what the kernel queued is served, not reset
+            if record.service.mode == "nowait":
                 for listener in record.listeners:
                     self.intake.drain(record, listener)
         for listener in list(self.listeners.values()):

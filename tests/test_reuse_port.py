@@ -1,5 +1,5 @@
-"""reuse_port: several superds on one address (SO_REUSEPORT), and what a stop
-does to the connections the kernel queued on the one that stops."""
+"""reuse_port: several superds on one address (SO_REUSEPORT); and what a stop
+does to the connections the kernel queued on a listener that closes."""
 
 import json
 import signal
@@ -88,3 +88,28 @@ def test_reuse_port_is_for_ip_addresses_only(tmp_path):
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 78
     assert f"{config}:2: services.u.reuse_port: only IP addresses can be shared" in run.stderr
+
+
+def test_a_stop_serves_what_the_kernel_had_queued_on_any_listener(superd, tmp_path):
+    """Not only reuse_port: closing any listener resets its queue, so a stop drains it."""
+    d = superd("""
+services:
+  one: {listen: "127.0.0.1:0", server: /bin/cat, instances: 1}
+""", args=["--grace", "10"])
+    held = connect(d.address("one"))
+    while not ctl(d, "list")["connections"]:
+        pass
+    clients = []
+    for n in range(10):                     # the only slot is taken: they wait in the backlog
+        sock = connect(d.address("one"))
+        sock.sendall(b"%d" % n)
+        sock.shutdown(socket.SHUT_WR)
+        clients.append((b"%d" % n, sock))
+    d.send(signal.SIGTERM)
+    d.log.wait_for(r"^drained service=one .* connections=10$")
+    held.shutdown(socket.SHUT_WR)
+    assert d.proc.wait(TIMEOUT) == 0
+    assert [read_all(sock) == payload for payload, sock in clients] == [True] * 10
+    for _, sock in clients:
+        sock.close()
+    held.close()

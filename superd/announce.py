@@ -31,4 +31,14 @@ def write_ready_file(path, records, control=None):
 
 
 def notify_ready(records):
-    systemd.notify("READY=1\nSTATUS=serving " + ", ".join(r.name for r in records))
+    systemd.notify("READY=1\nSTATUS=" + status_line(records))
+
+
+def status_line(records):
+    """What `systemctl status` shows: services, handlers running, refusals so far."""
+    records = list(records)
+    running = sum(r.running for r in records)
+    refused = sum(sum(r.counters.refused.values()) for r in records)
+    paused = [r.name for r in records if r.paused()]
+    line = f"{len(records)} services, {running} running, {refused} refused"
+    return line + (f"; paused: {', '.join(paused)}" if paused else "")

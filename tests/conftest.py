@@ -190,10 +190,16 @@ class Daemon:
             handlers = []
             try:
                 os.killpg(self.pid, signal.SIGSTOP)
-                for member in members or [self.pid]:
+            except ProcessLookupError:
+                pass
+            for member in members or [self.pid]:
+                try:                  # one that ended meanwhile has no children to list
                     handlers += [_pidfd(p.pid) for p in psutil.Process(member).children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    pass
+            try:
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, psutil.NoSuchProcess):
+            except ProcessLookupError:
                 pass
             for pid, fd in filter(None, handlers):
                 _kill_group_of(pid)

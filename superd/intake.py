@@ -45,20 +45,14 @@ class Intake:
             if record.full() or not listener.watched:
                 break                         # full, or a start just paused it
             try:
-                # _accept() gives (fd, address) without building a socket
-                # object; the fd is close-on-exec and blocking (accept4).
-                fd, peer = listener.sock._accept()
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
+                taken = _take(listener)
             except OSError as err:
-                if err.errno in PER_CONNECTION_ERRORS:
-                    continue
                 self.services.block_after_error(listener, "accept", err)
                 break
+            if taken is None:
+                break
             record.counters.accepted += 1
-            self.admit(self.table.open(record, listener, fd, peer))
+            self.admit(self.table.open(record, listener, *taken))
         if record.full():
             self.services.sync(record)
 
@@ -118,27 +112,25 @@ class Intake:
         conn.env["SUPERD_CONN"] = str(conn.id)
 
     def drain(self, record, listener):
-        """Before a reuse_port listener closes at a stop: take every connection
-        queued on it and start it (Linux resets what a closed SO_REUSEPORT
-        socket still queues; the other instances never see those)."""
-        taken = 0
+        """Before a listener closes at a stop: take every connection queued on
+        it and start it (Linux resets what a closed listener still queues; with
+        reuse_port, the other instances never see those)."""
+        count = 0
         while True:
             try:
-                fd, peer = listener.sock._accept()
-            except (BlockingIOError, InterruptedError):
+                taken = _take(listener)
+            except OSError:
                 break
-            except OSError as err:
-                if err.errno in PER_CONNECTION_ERRORS:
-                    continue
+            if taken is None:
                 break
-            taken += 1
+            count += 1
             record.counters.accepted += 1
-            self.admit(self.table.open(record, listener, fd, peer))
+            self.admit(self.table.open(record, listener, *taken))
         while record.queue:                 # the stop grants them a slot: they were queued
             self.start(record.queue.popleft())
-        if taken:
+        if count:
             self.log.info("drained", service=record.name, address=listener.text,
-                          connections=taken)
+                          connections=count)
 
     def start_queued(self, record):
         """Start connections that waited for a free slot, or for a pause
@@ -177,3 +169,22 @@ class Intake:
 
     def proxy_refused(self, conn, reason, detail):
         self.refuse(conn, reason, detail=detail)
+
+
+def _take(listener):
+    """One connection off the listener: (fd, peer), or None when none is queued.
+
+    A connection that failed on its way in is skipped; OSError is the
+    listener's own trouble (EMFILE and the like).  _accept() gives (fd,
+    address) without building a socket object; the fd is close-on-exec and
+    blocking (accept4)."""
+    while True:
+        try:
+            return listener.sock._accept()
+        except BlockingIOError:
+            return None
+        except InterruptedError:
+            continue
+        except OSError as err:
+            if err.errno not in PER_CONNECTION_ERRORS:
+                raise

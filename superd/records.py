@@ -84,7 +84,7 @@ class Connection:
     """One connection from accept to reap (or one wait-mode activation)."""
 
     __slots__ = ("id", "record", "listener", "state", "fd", "sock", "peer", "local",
-                 "client", "env", "wait", "accepted", "started", "pid", "timer", "release_slot",
+                 "_client", "env", "wait", "accepted", "started", "pid", "timer", "release_slot",
                  "err_fd", "timed_out", "timeout", "got", "proxy_protocol", "proxy_timeout")
 
     def __init__(self, conn_id, record, listener, fd, peer, now, wait=False):
@@ -96,7 +96,9 @@ class Connection:
         self.sock = None              # a socket object over fd while its PROXY header is read
         self.peer = peer              # the client: (ip, port, ...), unix peer name, or None
         self.local = None             # the local address a PROXY header named
-        self.client = listener.text if wait else peer_text(peer)
+        # how logs name the client; made from peer only if asked before the start
+        # names it from the handler's environment (a refusal, say): not per connection
+        self._client = listener.text if wait else None
         self.env = {}                 # the connection's part of the handler's environment
         self.wait = wait              # wait mode: the handler gets the listener itself
         self.accepted = now
@@ -111,6 +113,16 @@ class Connection:
         # the settings it was accepted under: a reload meanwhile does not change them
         self.proxy_protocol = record.service.proxy_protocol
         self.proxy_timeout = record.service.proxy_timeout
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = peer_text(self.peer)
+        return self._client
+
+    @client.setter
+    def client(self, text):
+        self._client = text
 
     def close_fd(self):
         """Close superd's copy of the connection, once (never the listener's)."""

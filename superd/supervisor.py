@@ -211,11 +211,11 @@ class Supervisor:
         if self.services.stopping or self.handover.done:
             why = "superd is stopping" if self.services.stopping else "this superd has handed over"
             return self._upgrade_refused(why, respond)
+        if self.handover.pid is not None:
+            return self._upgrade_refused("an upgrade is under way", respond)
         state = {"next_id": self.table.next_id, "started": self.started_wall,
                  "reloads": self.reloads,
                  "counters": {r.name: upgrade.counters_state(r.counters) for r in self.services}}
-        if self.handover.pid is not None:
-            return self._upgrade_refused("an upgrade is under way", respond)
         self.control.close_listener()     # its path is the successor's to bind
         try:
             self.handover.start(list(self.listeners.values()), state,

@@ -203,3 +203,44 @@ def test_a_second_upgrade_while_one_is_under_way_is_refused(monkeypatch):
     selector.unregister(handover.ready_r)
     os.close(handover.ready_r)
     os.close(handover.freed_w)
+
+
+PRELOADED_ECHO = r'''
+import os, sys
+data = sys.stdin.buffer.read()
+sys.stdout.buffer.write(data)
+'''
+
+
+def test_an_upgrade_under_load_moves_preloaded_services_to_the_successor(superd, tmp_path):
+    handler = python_handler(tmp_path, "pecho.py", PRELOADED_ECHO)
+    d = superd(f"""
+services:
+  warm: {{listen: "127.0.0.1:0", server: {handler}, preload: true}}
+""")
+    old_warm = int(d.log.wait_for(r"^preload-ready service=warm ").split("pid=")[1].split()[0])
+    old = d.current_pid()
+    load = Load(stream_echo(d.address("warm")))
+    load.start()
+    try:
+        before = load.ok
+        successor = upgrade(d)
+        deadline = time.monotonic() + TIMEOUT
+        while load.ok < before + 20:
+            assert time.monotonic() < deadline, "clients are served after the upgrade"
+            time.sleep(0.01)
+    finally:
+        load.stop()
+    assert load.failures == [] and load.ok > 0
+    d.log.wait_for(rf"^stopped pid={old}$")
+    d.log.wait_count(r"^preload-ready service=warm ", 2)
+    ready = [line for line in d.log.lines if line.startswith("preload-ready service=warm ")]
+    new_warm = int(ready[-1].split("pid=")[1].split()[0])
+    assert new_warm != old_warm
+    assert psutil.Process(new_warm).ppid() == successor
+    deadline = time.monotonic() + TIMEOUT
+    while psutil.pid_exists(old_warm) and psutil.Process(old_warm).status() != "zombie":
+        assert time.monotonic() < deadline, "the old superd's warm server ends with it"
+        time.sleep(0.01)
+    assert stream_echo(d.address("warm"))(b"after") == b"after"
+    assert d.log.count(r"^refused ") == 0

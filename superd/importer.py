@@ -25,7 +25,7 @@ import tempfile
 
 import yaml
 
-from superd import config, importer_inetd, importer_xinetd, importer_xinetd_map
+from superd import config, importer_inetd, importer_xinetd, importer_xinetd_map, schema
 from superd.importer_model import MAX_SERVICES, ImportFailure, Report, read_lines
 
 EX_OK, EX_USAGE, EX_CONFIG = 0, 64, 78
@@ -119,7 +119,7 @@ def _per_connection_keys(entries, report):
         udp = entry.settings.get("protocol") == "udp"
         if entry.settings.get("mode", "wait" if udp else "nowait") != "wait":
             continue
-        for key in config.NOWAIT_ONLY:
+        for key in schema.NOWAIT_ONLY:
             if key in entry.settings:
                 value = entry.settings.pop(key)
                 entry.remarks.pop(key, None)

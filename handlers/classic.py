@@ -16,6 +16,8 @@ Where the socket comes from, the same rule under every launcher:
   2. else fd 0, if it is a socket (inetd, xinetd, tcpserver, superd nowait,
      systemd-socket-activate --inetd).
   3. else stdin/stdout as a byte stream (run by hand from a terminal or pipe).
+That rule is the kit's launch block (handlers/kit.py), pasted here verbatim:
+change it there, and paste it back.
 
 What it does with it:
   connected stream socket   serve that one connection on it, then exit.
@@ -46,7 +48,6 @@ Exit status: 0 done or idle, 64 usage, 71 an unexpected OS error, 130 SIGINT.
 
 import errno
 import os
-import stat
 import sys
 
 CHUNK = 65536            # most bytes read or held per connection at once
@@ -200,23 +201,6 @@ def note(text):
             pass
 
 
-def stderr_is_free(socket_fds):
-    """True when fd 2 is open and is not a served socket nor a socket on fd 0
-    (same device and inode).  A terminal on both fds 0 and 2 is fine."""
-    try:
-        err = os.fstat(2)
-    except OSError:
-        return False
-    for fd in set(socket_fds) | ({0} if is_socket(0) else set()):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
-            return False
-    return True
-
-
 def seconds(text, option):
     """A non-negative number of seconds, or ValueError quoting the bad value."""
     try:
@@ -255,24 +239,150 @@ def parse_args(argv):
 
 # -- finding the socket
 
-def listen_fds():
-    """The fds systemd's protocol hands us (empty if it is not for us); clears the variables."""
+# --- kit: launch (copied from handlers/kit.py; tests/test_kit.py keeps the copies identical) ---
+# Finding the socket and the client under every launcher; see kit.py's docstring.
+import os  # noqa: E402  (the block stands alone wherever it is pasted)
+from stat import S_ISSOCK  # noqa: E402
+
+COMM_MAX = 15             # bytes of a process name (TASK_COMM_LEN less its NUL)
+LAUNCH = []               # the Launch that launch() found, for log()
+
+
+class Launch:
+    """What the launcher passed; see kit.py's docstring for each field."""
+
+    def __init__(self, fds, names, stderr_free, service, conn):
+        self.fds = fds
+        self.names = names
+        self.stderr_free = stderr_free
+        self.service = service
+        self.conn = conn
+
+
+def launch():
+    """Name the process, take the launcher's sockets, decide about fd 2."""
     env = os.environ
-    try:
-        ours = int(env.get("LISTEN_PID", "")) == os.getpid()
-        count = int(env.get("LISTEN_FDS", ""))
-    except ValueError:
-        ours, count = False, 0
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        env.pop(name, None)
-    return list(range(3, 3 + count)) if ours and count > 0 else []
+    name_process(env.get("SUPERD_SERVICE", ""))
+    fds, names = listen_fds()
+    if not fds and is_socket(0):
+        fds, names = [0], [env.get("SUPERD_SERVICE") or "unknown"]
+    found = Launch(fds, names, stderr_is_free(fds), env.get("SUPERD_SERVICE", ""),
+                   env.get("SUPERD_CONN", ""))
+    LAUNCH[:] = [found]
+    return found
+
+
+def listen_fds():
+    """(fds, names) systemd's protocol passes us, ([], []) if it is not for
+    us (LISTEN_PID another's).  The variables are removed either way, as
+    sd_listen_fds(1) does, and the fds made close-on-exec: no child of ours
+    may take them for its own."""
+    env = os.environ
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
+    if not (pid.isascii() and pid.isdigit() and int(pid) == os.getpid()):
+        return [], []
+    if not (count.isascii() and count.isdigit() and int(count) > 0):
+        return [], []
+    fds = list(range(3, 3 + int(count)))
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass                  # not open after all: the caller meets it
+    names = (names + ["unknown"] * len(fds))[:len(fds)]
+    return fds, [name or "unknown" for name in names]
 
 
 def is_socket(fd):
     try:
-        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+        return S_ISSOCK(os.fstat(fd).st_mode)
     except OSError:
         return False
+
+
+def stderr_is_free(fds):
+    """Whether fd 2 is open and is not a client's socket: not one of fds nor
+    fd 0 (same device and inode).  Any fd 2 that is no socket (a terminal
+    fd 0 shares, a file, a pipe) is free."""
+    try:
+        err = os.fstat(2)
+    except OSError:
+        return False
+    if not S_ISSOCK(err.st_mode):
+        return True
+    for fd in {0, *fds}:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
+            return False
+    return True
+
+
+def name_process(service):
+    """The process's name (/proc/self/comm) becomes the service's, cut to
+    COMM_MAX bytes; nothing when there is none or Linux will not."""
+    if not service:
+        return
+    name = service.encode("utf-8", "replace")[:COMM_MAX].decode("utf-8", "ignore")
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def ends_of(sock):
+    """((client host, port), (local host, port)) of a connection the launcher
+    accepted.  Variables count only beside the launcher's own mark (superd:
+    SUPERD_SERVICE; tcpserver: PROTO=TCP): ones merely left in the
+    environment by a launcher that sets none of them name no one."""
+    env = os.environ
+    client = local = None
+    if "SUPERD_SERVICE" in env:
+        client = named_end(env, "REMOTE_ADDR", "REMOTE_PORT")
+    if env.get("PROTO") == "TCP":
+        client = client or named_end(env, "TCPREMOTEIP", "TCPREMOTEPORT")
+        local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
+    client = client or socket_end(sock.getpeername)
+    if client == ("-", 0) and env.get("REMOTE_HOST"):     # xinetd's, for a client gone already
+        client = (unmap(env["REMOTE_HOST"]), 0)
+    return client, local or socket_end(sock.getsockname)
+
+
+def named_end(env, host, port):
+    """(host, port) from two environment variables, or None."""
+    host, port = env.get(host), env.get(port, "")
+    if host and port.isascii() and port.isdigit():
+        return unmap(host), int(port)
+    return None
+
+
+def socket_end(name):
+    """(host, port) by getpeername or getsockname; ("-", 0) if it fails."""
+    try:
+        return endpoint(name())
+    except OSError:
+        return "-", 0
+
+
+def endpoint(address):
+    """(host, port) of a socket address; UNIX sockets are ("unix:", 0)."""
+    if isinstance(address, tuple):
+        return unmap(address[0]), address[1]
+    return "unix:", 0
+
+
+def unmap(host):
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+# --- end kit: launch ---
 
 
 class Stdio:
@@ -534,11 +644,6 @@ def errno_name(exc):
     return errno.errorcode.get(exc.errno, str(exc.errno))
 
 
-def find_sockets():
-    """The fds to serve: LISTEN_FDS (ours), else fd 0 if a socket, else none (stdio)."""
-    return listen_fds() or ([0] if is_socket(0) else [])
-
-
 def run(fds, service, idle_exit, timeout):
     """Serve the sockets on fds as their kind says (stdio when none); returns the exit status."""
     if not fds:
@@ -562,8 +667,9 @@ def main(argv=None, prog=None):
     global _stderr_ok
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = "usage: %s%s\n" % (prog, OPTIONS) if prog else USAGE
-    fds = find_sockets()
-    _stderr_ok = stderr_is_free(fds)
+    launched = launch()
+    fds = launched.fds
+    _stderr_ok = launched.stderr_free
     if "-h" in argv or "--help" in argv:
         os.write(1, usage.encode())
         return 0

@@ -85,6 +85,7 @@ MAX_BATCH = 64               # requests served in one wake-up before looking at 
 
 
 def main():
+    _name_process(sys.argv[-1])
     fresh_signals = _signal_table()          # as a freshly started interpreter has them
     os.set_inheritable(CONTROL_FD, False)    # no handler may inherit it
     control = _socket.socket(fileno=CONTROL_FD)
@@ -602,6 +603,16 @@ def _is_main_guard(node):
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
             and isinstance(node.test.comparators[0], ast.Constant)
             and node.test.comparators[0].value == "__main__")
+
+
+def _name_process(service):
+    """What top shows (comm, 15 bytes): the service, not python3.11.  A preloaded
+    handler inherits it at fork; one that names itself (the kit) may rename."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(("superd:" + service)[:15])
+    except OSError:
+        pass                                  # not Linux, or no /proc: the name is cosmetic
 
 
 def _stamp(path):

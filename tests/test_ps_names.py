@@ -27,8 +27,14 @@ services:
     ready = d.log.wait_for(r"^preload-ready service=warm pid=")
     server = psutil.Process(int(re.search(r"pid=(\d+)", ready).group(1))).cmdline()
     assert server[-2:] == ["preload-internal", "warm"]
+    assert _comm(int(re.search(r"pid=(\d+)", ready).group(1))) == "superd:warm", "what top shows"
     assert max(len(a) for a in server) < 200, "no settings in the command line"
     if spawned:
         ready = d.log.wait_for(r"^preload-ready service=asnobody pid=")
         server = psutil.Process(int(re.search(r"pid=(\d+)", ready).group(1))).cmdline()
         assert server[-2:] == ["spawn", "asnobody"] and len(" ".join(server)) < 300
+
+
+def _comm(pid):
+    with open(f"/proc/{pid}/comm") as comm:
+        return comm.read().strip()

@@ -2166,28 +2166,6 @@ class Log:
         return self.devnull
 
 
-def stderr_is_private():
-    """Whether fd 2 is open and is not a client's socket.  Under inetd,
-    xinetd and systemd StandardInput=socket (or StandardError=socket) it is
-    the socket on fd 0 or among LISTEN_FDS: the same device and inode.  Any
-    other fd 2, a terminal that fd 0 shares included, is private.  Ask
-    before find_sockets(), which takes LISTEN_FDS away."""
-    try:
-        err = os.fstat(2)
-    except OSError:
-        return False
-    if not S_ISSOCK(err.st_mode):
-        return True
-    for fd in (0, *(listen_fds() or ())):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
-            return False
-    return True
-
-
 # =========================================================================
 # 7. Events: the worker loop of the long-lived modes
 # =========================================================================
@@ -3004,63 +2982,122 @@ class Worker:
 # 8. Launch: find the socket, serve one client or accept for ourselves
 # =========================================================================
 
+# --- kit: launch (copied from handlers/kit.py; tests/test_kit.py keeps the copies identical) ---
+# Finding the socket and the client under every launcher; see kit.py's docstring.
+import os  # noqa: E402  (the block stands alone wherever it is pasted)
+from stat import S_ISSOCK  # noqa: E402
+
+COMM_MAX = 15             # bytes of a process name (TASK_COMM_LEN less its NUL)
+LAUNCH = []               # the Launch that launch() found, for log()
+
+
+class Launch:
+    """What the launcher passed; see kit.py's docstring for each field."""
+
+    def __init__(self, fds, names, stderr_free, service, conn):
+        self.fds = fds
+        self.names = names
+        self.stderr_free = stderr_free
+        self.service = service
+        self.conn = conn
+
+
+def launch():
+    """Name the process, take the launcher's sockets, decide about fd 2."""
+    env = os.environ
+    name_process(env.get("SUPERD_SERVICE", ""))
+    fds, names = listen_fds()
+    if not fds and is_socket(0):
+        fds, names = [0], [env.get("SUPERD_SERVICE") or "unknown"]
+    found = Launch(fds, names, stderr_is_free(fds), env.get("SUPERD_SERVICE", ""),
+                   env.get("SUPERD_CONN", ""))
+    LAUNCH[:] = [found]
+    return found
+
+
 def listen_fds():
-    """The fds LISTEN_FDS names for our pid (sd_listen_fds), or None."""
+    """(fds, names) systemd's protocol passes us, ([], []) if it is not for
+    us (LISTEN_PID another's).  The variables are removed either way, as
+    sd_listen_fds(1) does, and the fds made close-on-exec: no child of ours
+    may take them for its own."""
     env = os.environ
-    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
-        return range(3, 3 + int(env["LISTEN_FDS"]))
-    return None
-
-
-def find_sockets():
-    """The sockets a launcher passed: LISTEN_FDS for our pid, else fd 0."""
-    env = os.environ
-    fds = listen_fds()
-    if fds is not None:
-        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            env.pop(name, None)
-        for fd in fds:
-            os.set_inheritable(fd, False)
-    else:
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
+    if not (pid.isascii() and pid.isdigit() and int(pid) == os.getpid()):
+        return [], []
+    if not (count.isascii() and count.isdigit() and int(count) > 0):
+        return [], []
+    fds = list(range(3, 3 + int(count)))
+    for fd in fds:
         try:
-            fds = [0] if S_ISSOCK(os.fstat(0).st_mode) else []
+            os.set_inheritable(fd, False)
         except OSError:
-            fds = []
-    return [_socket.socket(fileno=fd) for fd in fds]
+            pass                  # not open after all: the caller meets it
+    names = (names + ["unknown"] * len(fds))[:len(fds)]
+    return fds, [name or "unknown" for name in names]
 
 
-def unmap(host):
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
+def is_socket(fd):
+    try:
+        return S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
-def endpoint(address):
-    """(host, port) of a socket address; unix sockets are ("unix:", 0)."""
-    if isinstance(address, tuple):
-        return unmap(address[0]), address[1]
-    return "unix:", 0
+def stderr_is_free(fds):
+    """Whether fd 2 is open and is not a client's socket: not one of fds nor
+    fd 0 (same device and inode).  Any fd 2 that is no socket (a terminal
+    fd 0 shares, a file, a pipe) is free."""
+    try:
+        err = os.fstat(2)
+    except OSError:
+        return False
+    if not S_ISSOCK(err.st_mode):
+        return True
+    for fd in {0, *fds}:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
+            return False
+    return True
 
 
-def serve_one(sock, settings, log):
-    """Per connection: the launcher accepted; serve this client, then return.
+def name_process(service):
+    """The process's name (/proc/self/comm) becomes the service's, cut to
+    COMM_MAX bytes; nothing when there is none or Linux will not."""
+    if not service:
+        return
+    name = service.encode("utf-8", "replace")[:COMM_MAX].decode("utf-8", "ignore")
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    The two ends come from the socket (getpeername, getsockname), except
-    where a launcher that may know better named them: superd (REMOTE_ADDR,
-    REMOTE_PORT beside SUPERD_SERVICE: the original client of a PROXY
-    protocol connection) and tcpserver or superd (TCPREMOTEIP,
-    TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT beside PROTO=TCP).  Variables
-    merely left in the environment of a launcher that sets none of them
-    (inetd, xinetd, systemd) name no one."""
+
+def ends_of(sock):
+    """((client host, port), (local host, port)) of a connection the launcher
+    accepted.  Variables count only beside the launcher's own mark (superd:
+    SUPERD_SERVICE; tcpserver: PROTO=TCP): ones merely left in the
+    environment by a launcher that sets none of them name no one."""
     env = os.environ
-    tcp = env.get("PROTO") == "TCP"
     client = local = None
     if "SUPERD_SERVICE" in env:
         client = named_end(env, "REMOTE_ADDR", "REMOTE_PORT")
-    if tcp:
+    if env.get("PROTO") == "TCP":
         client = client or named_end(env, "TCPREMOTEIP", "TCPREMOTEPORT")
         local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
     client = client or socket_end(sock.getpeername)
-    local = local or socket_end(sock.getsockname)
-    serve_connection(Connection(sock, *client, *local, settings, log))
+    if client == ("-", 0) and env.get("REMOTE_HOST"):     # xinetd's, for a client gone already
+        client = (unmap(env["REMOTE_HOST"]), 0)
+    return client, local or socket_end(sock.getsockname)
 
 
 def named_end(env, host, port):
@@ -3077,6 +3114,27 @@ def socket_end(name):
         return endpoint(name())
     except OSError:
         return "-", 0
+
+
+def endpoint(address):
+    """(host, port) of a socket address; UNIX sockets are ("unix:", 0)."""
+    if isinstance(address, tuple):
+        return unmap(address[0]), address[1]
+    return "unix:", 0
+
+
+def unmap(host):
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+# --- end kit: launch ---
+
+
+def serve_one(sock, settings, log):
+    """Per connection: the launcher accepted; serve this client, then return.
+    The two ends are the kit's ends_of(): the socket's names, except where a
+    launcher that may know better named them (superd's REMOTE_ADDR for the
+    original client of a PROXY protocol connection, tcpserver's TCP*)."""
+    client, local = ends_of(sock)
+    serve_connection(Connection(sock, *client, *local, settings, log))
 
 
 def serve_listeners(listeners, settings, log):
@@ -3153,7 +3211,8 @@ def prepare(argv):
 def main(argv=None):
     """Run superd-httpd; returns the exit status (sysexits)."""
     args = tuple(sys.argv[1:] if argv is None else argv)
-    stderr = Log(2 if stderr_is_private() else None, True)     # never the client
+    launched = launch()
+    stderr = Log(2 if launched.stderr_free else None, True)     # never the client
     try:
         settings = PREPARED.get(args) or prepare(args)
     except UsageError as exc:
@@ -3182,7 +3241,7 @@ def main(argv=None):
             host, port = endpoint(sockets[0].getsockname())
             log.diag("listening on %s:%d" % (host if ":" not in host else "[%s]" % host, port))
         else:
-            sockets = find_sockets()
+            sockets = [_socket.socket(fileno=fd) for fd in launched.fds]
     except UsageError as exc:
         log.write("superd-httpd: %s\n" % exc)
         return EX_USAGE

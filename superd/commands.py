@@ -42,7 +42,7 @@ class Commands:
         """The answer, or None when it comes later through respond(answer) (upgrade)."""
         command = self.table_of.get(request["command"])
         if command is None:
-            return refused(f"unknown command {request['command']!r} "
+            return refused(f"unknown command {shown(request['command'])} "
                            f"(known: {', '.join(self.table_of)})")
         if command == self.upgrade:
             return self.upgrade(respond)
@@ -57,13 +57,14 @@ class Commands:
 
     def list(self, request):
         name = request.get("service")
-        if name is not None and self.services.get(name) is None:
-            return refused(f"no service {name!r}")
+        if name is not None and (not isinstance(name, str) or self.services.get(name) is None):
+            return refused(f"no service {shown(name)}")   # a list or an object is no name
         return {"ok": True, "connections": snapshot.connections(self.table, self.clock(), name)}
 
     def kill(self, request):
         ids = request.get("ids")
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        if (not isinstance(ids, list) or not ids
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
             return refused('kill needs "ids": a list of connection ids')
         unknown = [i for i in ids if i not in self.table.live]
         if unknown:
@@ -106,7 +107,7 @@ class Commands:
     def _record(self, request):
         name = request.get("service")
         record = self.services.get(name) if isinstance(name, str) else None
-        return record or refused(f"no service {name!r}")
+        return record or refused(f"no service {shown(name)}")
 
     def effective_config(self, request):
         config = self.config()
@@ -120,6 +121,12 @@ class Commands:
 
 def refused(why):
     return {"ok": False, "error": why}
+
+
+def shown(value, limit=80):
+    """A value from a request, quoted in an error: its repr, cut to limit."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def plain(value):

@@ -163,7 +163,7 @@ class ControlServer:
     def _answer(self, line, respond):
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
             return {"ok": False, "error": "the request is not one line of JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             return {"ok": False, "error": 'a request is an object with a "command"'}

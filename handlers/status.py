@@ -2,6 +2,7 @@
 """superd-status: a running superd's state over HTTP, for people and Prometheus.
 
     superd-status [--control PATH] [OPTIONS]
+    superd-status --agent SERVICE[,SERVICE...] [OPTIONS]
 
 superd's `internal: status`.  Standard library only, like the other bundled
 handlers: it speaks HTTP/1.1 on the socket a launcher passed, and asks the
@@ -16,6 +17,10 @@ request.  The daemon itself never reads a client's bytes; this handler does.
                        inline script from the history in the page; the
                        tables need no JavaScript, nothing is fetched from
                        elsewhere (its Content-Security-Policy says so too)
+
+With --agent it speaks HAProxy's agent-check protocol instead of HTTP: one
+line about the services named (`up ready 75%`, `up drain #why`, `down
+#why`), then it closes.
 
 The control protocol: connect, send one line `{"command": "status"}`, read
 one JSON object until end of file.  The document's shape is given in
@@ -46,7 +51,8 @@ Sections, top to bottom:
     4. /metrics         the family table and the text format
     5. /                the HTML page, its style and its chart script
     6. HTTP             parsing a head, the connection, the keep-alive loop
-    7. launch           finding the socket, one client or accepting, main
+    7. --agent          HAProxy's agent check: the verdict table, the line
+    8. launch           finding the socket, one client or accepting, main
 """
 
 import _socket
@@ -107,6 +113,14 @@ def _text(text):
     return text
 
 
+def _names(text):
+    """A comma-separated list of service names, without repeats."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ValueError("not a comma-separated list of service names: %r" % text)
+    return tuple(dict.fromkeys(names))
+
+
 # Every option: (flag, attribute, converter or None for a flag, default, help).
 OPTIONS = (
     ("--control", "control", _text, None,
@@ -127,6 +141,8 @@ OPTIONS = (
      "SECONDS: accepting for itself, exit after this long without a client (0: never)"),
     ("--listen", "listen", _text, None,
      "HOST:PORT: bind and accept for itself, without a launcher (port 0: any)"),
+    ("--agent", "agent", _names, None,
+     "SERVICE[,SERVICE...]: answer HAProxy's agent-check about these services, not HTTP"),
     ("--help", "help", None, False, "print this help and exit"),
     ("--version", "version", None, False, "print the version and exit"),
 )
@@ -175,14 +191,15 @@ def usage():
     lines = ["usage: superd-status [OPTIONS]", "",
              "Serve superd's state over HTTP on the socket a launcher passed "
              "(fd 0 or LISTEN_FDS):",
-             "/metrics (Prometheus), /status.json and / (a page).", ""]
+             "/metrics (Prometheus), /status.json and / (a page);",
+             "with --agent, one line for HAProxy's agent-check instead.", ""]
     for flag, _attr, kind, default, text in OPTIONS:
         meta, _, text = text.partition(": ") if kind is not None else ("", "", text)
         shown = "%s %s" % (flag, meta) if meta else flag
         extra = ""
         if kind is _size:
             extra = " (default %dM)" % (default >> 20)
-        elif kind not in (None, _text) and default != NO_LIMIT:
+        elif kind not in (None, _text, _names) and default != NO_LIMIT:
             extra = " (default %g)" % default
         lines.append("  %-28s %s%s" % (shown, text, extra))
     return "\n".join(lines) + "\n"
@@ -193,27 +210,27 @@ def usage():
 # =========================================================================
 
 STATUS_REQUEST = b'{"command": "status"}\n'
+RETRY_EVERY = 0.05           # seconds between connects to a missing socket, when patient
 
 
 class ControlError(Exception):
     """The daemon's state could not be had; answered 503 with this text."""
 
 
-def fetch_status(path, timeout, limit):
+def fetch_status(path, timeout, limit, patient=False):
     """(the answer's bytes, its document) from the control socket at path.
 
     One deadline, timeout seconds, bounds the connect, the request and the
     whole answer; an answer past limit bytes is not read further.  Raises
-    ControlError, whatever went wrong."""
+    ControlError, whatever went wrong.  patient: a socket that is missing or
+    refuses is tried again until the deadline (see connect_control)."""
     if not path:
         raise ControlError("no control socket: SUPERD_CONTROL is not set")
     deadline = time.monotonic() + timeout
     sock = None
     chunks, size = [], 0
     try:
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)   # EMFILE: a 503 too
-        sock.settimeout(timeout)
-        sock.connect(path)
+        sock = connect_control(path, deadline, patient)
         sock.sendall(STATUS_REQUEST)
         while True:
             left = deadline - time.monotonic()
@@ -237,6 +254,29 @@ def fetch_status(path, timeout, limit):
             sock.close()
     raw = b"".join(chunks)
     return raw, parse_document(raw)
+
+
+def connect_control(path, deadline, patient):
+    """A socket connected to the control socket at path, its timeout set.
+
+    While superd upgrades itself there is a moment with nobody on the
+    socket (the old superd has let it go, its successor has not bound it
+    yet): a patient caller tries again every RETRY_EVERY seconds until
+    deadline, rather than report a daemon that is only changing hands."""
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)   # EMFILE: a ControlError too
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if not patient or time.monotonic() + RETRY_EVERY >= deadline:
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(RETRY_EVERY)
 
 
 def parse_document(raw):
@@ -1217,7 +1257,129 @@ def serve_connection(sock, settings, log):
 
 
 # =========================================================================
-# 7. Launch: find the socket, serve one client or accept for ourselves
+# 7. --agent: HAProxy's agent check, one line from the daemon's state
+# =========================================================================
+# HAProxy (`agent-check agent-port N`) connects every agent-inter, sends its
+# agent-send string if it has one, reads one line and closes (often with a
+# reset).  Of the words it takes (HAProxy 2.6, tested) we say: "up" or
+# "down"; "ready" or "drain", an administrative state that HAProxy keeps
+# until told another, which is why every "up" says "ready" too; "N%", the
+# server's weight as a share of the weight in its configuration; and, as a
+# word of its own, "#" and a reason to the end of the line, which HAProxy
+# shows on its stats page ("down#why", glued, is refused as a bad word).
+
+UP, DRAIN, DOWN = 0, 1, 2     # verdicts, the worst highest: several services report the worst
+
+# What a reason for not accepting (the document's "paused") means to HAProxy.
+PAUSE_VERDICTS = {
+    "operator": DRAIN,        # superdctl pause: no new clients, those in hand finish
+    "rate": DRAIN,            # past its rate limit: a pause of seconds
+    "load": DRAIN,            # the machine's load is past max_load, until it falls
+    "looping": DOWN,          # its handlers fail as soon as they start
+    "error": DOWN,            # accept failed (out of descriptors, say): resting
+    "backoff": DOWN,          # wait mode: its handler ends at once, again and again
+    "predecessor": UP,        # after an upgrade: the old superd's handler still serves it
+    "instances": UP,          # full: new clients wait in the backlog; the weight says so
+}
+UNKNOWN_PAUSE = DRAIN         # a newer superd's reason: no new clients, but not condemned
+MIN_WEIGHT = 1                # percent: a full service still takes clients (into its backlog)
+MAX_REASON = 200              # characters of the reason HAProxy is given
+
+
+def agent_weight(svc):
+    """The share of the service's instances that is free, in percent
+    (rounded down, at least MIN_WEIGHT); 100 when superd cannot tell: no
+    limit, or wait mode (one handler accepts for itself)."""
+    running, instances = finite(svc.get("running")), finite(svc.get("instances"))
+    if text(svc.get("mode")) == "wait" or running is None or instances is None or instances <= 0:
+        return 100
+    free = max(0, instances - running)
+    return max(MIN_WEIGHT, int(100 * free // instances))
+
+
+def service_verdict(svc):
+    """(verdict, weight, reason) for one service's record."""
+    if not items(svc.get("addresses")):       # listeners closed: stopping, or handed over
+        return DRAIN, None, "superd is stopping"
+    why = {}
+    for reason in items(svc.get("paused")):
+        if isinstance(reason, str):
+            why.setdefault(PAUSE_VERDICTS.get(reason, UNKNOWN_PAUSE), []).append(reason)
+    for verdict in (DOWN, DRAIN):
+        if verdict in why:
+            return verdict, None, "paused (%s)" % " ".join(why[verdict])
+    return UP, agent_weight(svc), ""
+
+
+def agent_verdicts(doc, names):
+    """[(verdict, weight, reason)] for each service in names."""
+    state = daemon(doc).get("state")
+    if isinstance(state, str) and state != "serving":    # a superd that says so itself
+        return [(DRAIN, None, "superd is %s" % state)]
+    found = {text(svc["name"]): svc for svc in services(doc)}
+    verdicts = []
+    for name in names:
+        svc = found.get(name)
+        if svc is None:
+            verdicts.append((DOWN, None, "%s: no such service (disabled or not configured)" % name))
+            continue
+        verdict, weight, reason = service_verdict(svc)
+        verdicts.append((verdict, weight, "%s: %s" % (name, reason) if reason else ""))
+    return verdicts
+
+
+def agent_line(verdicts):
+    """The line HAProxy reads: the worst verdict, with the reasons of all
+    that share it, or the lowest weight when every one is up."""
+    worst = max(verdict for verdict, _weight, _reason in verdicts)
+    if worst == UP:
+        return "up ready %d%%\n" % min(weight for _verdict, weight, _reason in verdicts)
+    why = "; ".join(reason for verdict, _weight, reason in verdicts if verdict == worst)
+    return ("up drain #%s\n" if worst == DRAIN else "down #%s\n") % agent_text(why)
+
+
+def agent_text(reason):
+    """reason as HAProxy can take it: printable ASCII on one line, no commas
+    (its CSV stats quote them, but not every reader of that CSV unquotes)."""
+    kept = "".join(c if " " <= c <= "~" and c != "," else "?" for c in reason)
+    return kept[:MAX_REASON]
+
+
+def agent_reply(settings):
+    """The line for HAProxy now: from the daemon's state, or down when the
+    daemon does not answer (patiently: an upgrade is not an outage)."""
+    try:
+        _raw, doc = fetch_status(settings.control, settings.control_timeout,
+                                 settings.max_document, patient=True)
+    except ControlError as exc:
+        return agent_line([(DOWN, None, "superd not answering: %s" % exc)]), str(exc)
+    return agent_line(agent_verdicts(doc, settings.agent)), None
+
+
+def serve_agent(sock, settings, log):
+    """One agent check: the line, then close.  What HAProxy sends (its
+    agent-send string) is read only to be dropped, after the line: the
+    services are those of --agent, whatever it says."""
+    client = Client(sock, settings, log)
+    client.unread = True          # agent-send: drained at close, so the line is not reset away
+    try:
+        line, problem = agent_reply(settings)
+        if problem:
+            log.diag(problem)
+        timeout = settings.timeout
+        sock.settimeout(None if timeout == NO_LIMIT else timeout)
+        sock.sendall(line.encode("ascii", "replace"))
+    except OSError:
+        pass                      # HAProxy gave up waiting (its check timeout), or reset
+    except Exception:             # Rule 1: nothing said (HAProxy changes nothing), logged
+        import traceback
+        log.diag("internal error: " + traceback.format_exc().replace("\n", " | "))
+    finally:
+        client.close()
+
+
+# =========================================================================
+# 8. Launch: find the socket, serve one client or accept for ourselves
 # =========================================================================
 
 class Log:
@@ -1381,7 +1543,7 @@ class Acceptor:
 
     def client(self, sock):
         try:
-            serve_connection(sock, self.settings, self.log)
+            serve_client(sock, self.settings, self.log)
         except Exception as exc:          # a thread's failure never ends the others
             self.log.diag("connection failed: %r" % exc)
         finally:
@@ -1394,13 +1556,18 @@ class Acceptor:
             self.state.notify_all()
 
 
+def serve_client(sock, settings, log):
+    """One connected client: HTTP, or with --agent one agent check."""
+    (serve_agent if settings.agent else serve_connection)(sock, settings, log)
+
+
 def serve(sockets, settings, log):
     """Serve what the launcher passed: a listening socket accepts for
     itself, a connected one is one client.  Returns the exit status."""
     first = sockets[0]
     if first.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN):
         return Acceptor(sockets, settings, log).run()
-    serve_connection(first, settings, log)
+    serve_client(first, settings, log)
     return 0
 
 

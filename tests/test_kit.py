@@ -349,3 +349,46 @@ def test_log_lines_parse_back(superd):
     text = json.loads(line.split("text=", 1)[1])
     assert re.fullmatch(r'connect client=192\.0\.2\.6:5556 local=198\.51\.100\.1:8443 '
                         r'service=kit-echo conn=\d+ names=kit-echo pid=\d+', text)
+
+
+# -- `import kit` beside a handler, and print() made safe -------------------------
+
+UPPER = """#!%s
+import kit
+
+kit.launch()
+kit.stdout_line_buffered()          # print() to the client: sent at each newline
+for line in kit.Lines(None, timeout=5.0):
+    print(line.upper())             # no flush=True: the kit's line buffering sends it
+"""
+
+UPPER_SERVICE = """
+services:
+  upper:
+    listen: 127.0.0.1:0
+    server: {tmp}/upper.py
+    stderr: log
+    preload: %s
+"""
+
+
+@pytest.mark.parametrize("preload", ["false", "true"])
+def test_import_kit_beside_a_handler(superd, tmp_path, preload):
+    """kit.py copied next to a handler is importable (the warm interpreter of
+    `preload: true` too: it puts the handler's folder on sys.path), and
+    stdout_line_buffered() answers each print() while the client waits."""
+    shutil.copy(KIT, tmp_path / "kit.py")
+    handler = tmp_path / "upper.py"
+    handler.write_text(UPPER % sys.executable)
+    handler.chmod(0o755)
+    d = superd(UPPER_SERVICE % preload)
+    if preload == "true":
+        d.log.wait_for(r"^preload-ready service=upper ")
+    with connect(d.address("upper")) as client:
+        client.sendall(b"shout\n")
+        assert client.recv(100) == b"SHOUT\n"       # while the handler still reads
+        client.sendall(b"again\n")
+        assert client.recv(100) == b"AGAIN\n"
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == b""
+    assert "Traceback" not in d.log.text()

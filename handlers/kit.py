@@ -11,18 +11,24 @@ from this file by a byte: fix a block here, then paste it everywhere.
 Block `launch`: the socket and the client, the same way under every
 launcher (DESIGN.md, "What a handler gets"):
 
-    launch() -> Launch      call it once, first thing in main().  It names
-                            the process after SUPERD_SERVICE (writes
-                            /proc/self/comm, at most 15 bytes: what top and
-                            ps -o comm show instead of python3), takes the
-                            LISTEN_* variables away so that no child
-                            inherits them, and returns what it found:
+    launch() -> Launch      call it once, first thing in main() (never at
+                            import: under `preload: true` the top level runs
+                            once, in the warm interpreter).  It names the
+                            process after SUPERD_SERVICE (writes
+                            /proc/self/comm, cut to 15 bytes: what top and
+                            ps -o comm show instead of python3; the bare
+                            name, where superd's own helper servers are
+                            superd:NAME), takes the LISTEN_* variables away
+                            so that no child inherits them, and returns
+                            what it found:
       .fds                  the socket fds: LISTEN_FDS's (3, 4, ...) when
                             LISTEN_PID is ours (systemd, superd wait mode),
                             else [0] when fd 0 is a socket (superd nowait,
                             inetd, xinetd, tcpserver, systemd-socket-activate
                             --inetd), else [] (run by hand: use stdin/stdout)
-      .names                LISTEN_FDNAMES, one per fd ("unknown" if unnamed)
+      .names                LISTEN_FDNAMES, one per fd ("unknown" if unnamed;
+                            fd 0's is SUPERD_SERVICE, as superd's wait mode
+                            names its socket)
       .stderr_free          True when fd 2 may carry diagnostics: it is open
                             and is not the client (under inetd, xinetd and
                             systemd StandardError=socket it is the socket)
@@ -54,7 +60,7 @@ Block `io`: lines and logs.
                             off; UTF-8, undecodable bytes kept as surrogates
                             and written back as they came), or None at end of
                             file.  TimeoutError when a whole line takes more
-                            than `timeout` seconds (None: wait for ever);
+                            than `timeout` seconds (None or 0: for ever);
                             LineTooLong (a ValueError) past `limit` bytes.
       iter(lines)           readline() until end of file.
       .write(*texts)        each text plus newline, sent before it returns:
@@ -76,8 +82,16 @@ A handler that writes with print() or sys.stdout to a socket and never
 flushes never answers: Python buffers a socket's stdout in blocks.  Lines
 sends every write at once; stdout_line_buffered() makes print() safe too.
 
-Run as a program, this file is a line echo: `python3 kit.py` under any
-launcher answers each line with itself (what tests/test_kit.py runs).
+Promises: nothing happens at import (a preloaded handler's top level runs
+once, in the warm interpreter); nothing is ever written to fd 2 when it is
+the client; the launch block imports only os and stat, the io block only modules
+written in C (_socket, select, and time when a deadline is used) and sys,
+so that a handler's start costs little more than the interpreter's.
+
+Run as a program, this file is a line echo: `python3 kit.py [IDLE_EXIT]`
+under any launcher answers each line with itself, and logs what launch()
+found (what tests/test_kit.py runs); given a listening socket it serves one
+client at a time and exits after IDLE_EXIT seconds (5) without one.
 """
 
 import sys
@@ -404,14 +418,17 @@ def stdout_line_buffered():
 IDLE_EXIT = 5.0           # seconds a wait-mode kit.py waits for its next client
 
 
-def main():
+def main(argv=None):
+    """kit.py [IDLE_EXIT]: echo lines on the launcher's socket (or stdin)."""
+    argv = sys.argv[1:] if argv is None else argv
+    idle = float(argv[0]) if argv else IDLE_EXIT
     found = launch()
     if not found.fds:
         return echo_lines(Lines(None, timeout=10.0), ("-", 0), ("-", 0))
     sock = _socket.socket(fileno=found.fds[0])
     if not sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN):
         return echo_lines(Lines(sock, timeout=10.0), *ends_of(sock))
-    sock.settimeout(IDLE_EXIT)             # wait mode: one client at a time, until idle
+    sock.settimeout(idle)                  # wait mode: one client at a time, until idle
     while True:
         try:
             fd, address = sock._accept()

@@ -289,6 +289,36 @@ def test_chat_drops_a_line_too_long(superd):
             bob.close()
 
 
+def test_chat_drops_a_client_too_slow_and_serves_the_others(superd):
+    """bob reads nothing while ann talks: his outbox fills, he is dropped,
+    and ann is answered all along (the loop never waits for one client)."""
+    d = superd(CHAT_SERVICE % "false")
+    ann = Talk(d.address("chat"))
+    bob = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    bob.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window: he lags at once
+    bob.settimeout(TIMEOUT)
+    try:
+        ann_name = ann.line().split()[2].rstrip(":")
+        bob.connect(d.address("chat"))
+        bob_name = ann.line().split()[1]
+        chunk = ("z" * 999 + "\n").encode() * 256
+        for _ in range(40):                                      # 10 MB: past every buffer
+            ann.sock.sendall(chunk)
+            ann.sock.settimeout(0)
+            try:
+                if ann.sock.recv(1, socket.MSG_PEEK):
+                    break                                        # something for ann: the news
+            except BlockingIOError:
+                pass
+            finally:
+                ann.sock.settimeout(TIMEOUT)
+        assert ann.line() == "* %s dropped: too slow" % bob_name
+        assert ann.ask("/who") == ["* here %s" % ann_name]    # ann alone now, served still
+    finally:
+        ann.close()
+        bob.close()
+
+
 # -- under xinetd ------------------------------------------------------------------
 
 XINETD_SERVICE = """

@@ -55,7 +55,9 @@ def request_of(args):
     """The request object for the command line; ValueError for a usage error."""
     command, rest = args.command, args.args
     if command == "kill":
-        if not rest or not all(a.isdigit() for a in rest):
+        # ASCII digits only ('²' is a digit to str.isdigit, not to int), and no more
+        # than an id has: past 4300 digits int() itself refuses
+        if not rest or not all(a.isascii() and a.isdigit() and len(a) <= 19 for a in rest):
             raise ValueError("kill needs one or more connection ids (numbers)")
         return {"command": "kill", "ids": [int(a) for a in rest]}
     if command in ("pause", "resume"):

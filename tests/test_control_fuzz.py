@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import TIMEOUT, connect, read_all
+from conftest import TIMEOUT, connect
 from superd import control, ctl
 
 DEADLINE = 1.0          # the daemon's control_deadline here: a mute client costs this long
-# Real processes: a fifth of the profile's examples (40 in CI, thousands under
-# HYPOTHESIS_PROFILE=long, bench/fuzz.sh).
-EXAMPLES = max(10, settings.default.max_examples // 5)
+# A real daemon: a fifth of the profile's examples, 40 in CI (seconds),
+# 10,000 (minutes) under HYPOTHESIS_PROFILE=long (bench/fuzz.sh).
+EXAMPLES = max(10, min(settings.default.max_examples // 5, 10_000))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
@@ -177,7 +177,7 @@ def daemon(superd):
     """(Daemon, its control socket), with one live connection for `list` and
     `kill` to find (ids are small numbers: the generated ones hit it)."""
     d = superd(CONFIG, env={"SUPERD_THRESHOLDS": f"control_deadline={DEADLINE}"})
-    with connect(d.address("other")) as held:
+    with connect(d.address("other")):
         d.wait_running("other", 1)
         yield d, control_path(d)
 
@@ -235,3 +235,24 @@ def test_nan_and_infinity_fields_are_refused(daemon):
         got, _, _ = talk(path, [encoded({"command": "pause", "service": value})], "half-close")
         assert json.loads(got)["ok"] is False
     clean_log(d)
+
+
+# -- superdctl's side: a command line becomes a request or a usage error ------
+
+@pytest.mark.parametrize("argv, says", [
+    (["kill", "\u00b2"], "connection ids"),            # a digit to isdigit(), not to int()
+    (["kill", "\u0663"], "connection ids"),
+    (["kill", "9" * 5000], "connection ids"),          # past int()'s digit limit
+    (["kill", "-1"], "connection ids"),
+    (["kill"], "connection ids"),
+    (["pause"], "one SERVICE"),
+    (["list", "a", "b"], "at most one"),
+    (["status", "x"], "no arguments"),
+])
+def test_superdctl_command_lines_that_are_usage_errors(argv, says):
+    with pytest.raises(ValueError, match=says):
+        ctl.request_of(ctl.parse(argv))
+
+
+def test_superdctl_kill_takes_ascii_ids():
+    assert ctl.request_of(ctl.parse(["kill", "7", "0012"])) == {"command": "kill", "ids": [7, 12]}

@@ -66,7 +66,8 @@ Block `io`: lines and logs.
       .write(*texts)        each text plus newline, sent before it returns:
                             nothing is ever buffered, so there is no flush to
                             forget.  TimeoutError when the client does not
-                            take it within `timeout` seconds.
+                            take it within `timeout` seconds (on a socket;
+                            stdout by hand blocks as a terminal does).
       .close()              send end of file, then close.
     LineBuffer(limit)       bytes in (.feed(data) -> [str, ...]), whole lines
                             out, for a handler with its own event loop; Lines

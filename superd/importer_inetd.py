@@ -22,6 +22,7 @@ is a comment.  A line that is not a service is an error with file and line.
 
 import os
 import re
+import socket
 
 from superd import importer_map as to
 from superd.importer_model import Entry
@@ -71,7 +72,7 @@ def _line(path, number, fields, host, report):
     waits = WAIT.fullmatch(wait)
     if socket_type not in SOCKET_TYPES and socket_type not in OTHER_SOCKET_TYPES:
         report.error(path, number, f"{socket_type!r} is not a socket type (stream, dgram, ...)")
-    elif not proto:
+    elif not (proto or socket_type in OTHER_SOCKET_TYPES or _foreign_protocol(protocol)):
         report.error(path, number, f"{protocol!r} is not a protocol (tcp, udp, tcp6, unix, ...)")
     elif not waits:
         report.error(path, number, f"{wait!r} is not wait or nowait")
@@ -92,6 +93,10 @@ def _map(entry, fields, host, report):
         return entry.skip(report, line, "an RPC service: superd serves none")
     if socket_type not in SOCKET_TYPES:
         return entry.skip(report, line, f"socket type {socket_type}: superd serves stream and dgram")
+    if not PROTOCOL.fullmatch(protocol):
+        return entry.skip(report, line, f"protocol {protocol}: superd serves tcp, udp and unix")
+    if service.lower().startswith("tcpmux/"):
+        return entry.skip(report, line, "a TCPMUX service (RFC 1078): superd serves none")
     kind = "udp" if socket_type == "dgram" else "tcp"
     if protocol != "unix" and protocol[:3] != kind:
         return entry.skip(report, line, f"{socket_type} with {protocol}: expected "
@@ -110,6 +115,19 @@ def _map(entry, fields, host, report):
         return
     _program(entry, program, argv, report)
     _user(entry, user, report)
+
+
+def _foreign_protocol(protocol):
+    """Whether protocol names a real protocol superd does not serve: one of
+    /etc/protocols (icmp for a raw socket) or a variant such as FreeBSD's tcp/ttcp."""
+    name = protocol.partition("/")[0]
+    if name != protocol and PROTOCOL.fullmatch(name):
+        return True
+    try:
+        socket.getprotobyname(name)
+    except (OSError, UnicodeError, ValueError):
+        return False
+    return True
 
 
 def _listen(entry, service, protocol, host, kind, report):

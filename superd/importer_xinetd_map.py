@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from superd import importer_map as to
 from superd.importer_model import Entry
+from superd.schema import DEFAULT_INSTANCES
 
 LOGGING = "superd logs each connection's start and end itself: superd(8), LOGS"
 BANNER = "superd never writes to a client; the handler can print it"
@@ -86,9 +87,10 @@ def _switches(defaults):
 
 def _service(block, defaults, switches, report):
     attributes = _settle(block.attributes, defaults)
-    for name in TO_SERVICES:
-        if name not in attributes and name in defaults:
-            attributes[name] = defaults[name]
+    if not any(name in attributes for name in TO_SERVICES):    # the service's own address wins
+        for name in TO_SERVICES:
+            if name in defaults:
+                attributes[name] = defaults[name]
     ident = _first(attributes, "id") or block.name
     title = f"service {block.name}" + (f" (id {ident})" if ident != block.name else "")
     entry = Entry(to.service_name(ident), block.file, block.line, title)
@@ -102,7 +104,35 @@ def _service(block, defaults, switches, report):
     for name, attribute in attributes.items():
         if name not in CORE and name in {a.name for a in block.attributes}:
             _attribute(entry, attribute, report)
+    _unlimited_over_defaults(entry, attributes, defaults)
     return entry
+
+
+def _unlimited_over_defaults(entry, attributes, defaults):
+    """`instances = UNLIMITED` (or per_source) in a service lifts the defaults'
+    limit; left out, superd's defaults would impose it, so write a number:
+    superd's default for instances, and the service's instances for per_source
+    (a per-client limit as large as the service's is none)."""
+    for key in ("instances", "per_source"):
+        mine, theirs = attributes.get(key), defaults.get(key)
+        if not (mine and theirs and _unlimited(mine) and not _unlimited(theirs)):
+            continue
+        value = _effective_instances(entry, defaults) if key == "per_source" else DEFAULT_INSTANCES
+        entry.set(key, value, f"UNLIMITED here over defaults' {theirs.values[0]}: superd always "
+                  "has a limit", line=mine.line)
+
+
+def _unlimited(attribute):
+    return bool(attribute.values) and attribute.values[0].upper() == "UNLIMITED"
+
+
+def _effective_instances(entry, defaults):
+    if "instances" in entry.settings:
+        return entry.settings["instances"]
+    inherited = defaults.get("instances")
+    if inherited and not _unlimited(inherited) and inherited.values[0].isdigit():
+        return max(int(inherited.values[0]), 1)
+    return DEFAULT_INSTANCES
 
 
 def _first(attributes, name):

@@ -266,6 +266,46 @@ def test_inetd_fields_map(tmp_path, line, expected):
         assert f"{conf}:1: warning: " in err and "login class daemon" in err
 
 
+@pytest.mark.parametrize("line, why", [
+    ("ping raw icmp nowait root /bin/cat cat", "socket type raw"),
+    ("7070 stream tcp/ttcp nowait nobody /bin/cat cat", "protocol tcp/ttcp"),
+    ("tcpmux/+date stream tcp nowait nobody /bin/date date", "a TCPMUX service (RFC 1078)"),
+])
+def test_inetd_lines_superd_cannot_serve_are_left_out_not_errors(tmp_path, line, why):
+    conf = tmp_path / "inetd.conf"
+    conf.write_text("7071 stream tcp nowait nobody /bin/cat cat\n" + line + "\n")
+    data, err, text = imported(tmp_path, conf)
+    assert list(data["services"]) == ["7071"], "the rest of the file is still imported"
+    assert f"{conf}:2: warning: " in err and f"service left out: {why}" in err
+    assert f"# service left out: {why}" in text or why in text
+
+
+def test_xinetd_service_address_wins_over_the_defaults_bind(tmp_path):
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text("defaults\n{\n\tbind = 127.0.0.1\n}\n"
+                    + xinetd_service(BASE + "\tinterface = 127.0.0.2", "own")
+                    + xinetd_service(BASE.replace("7070", "7071"), "inherits"))
+    data, _, _ = imported(tmp_path, conf)
+    assert data["services"]["own"]["listen"] == "127.0.0.2:7070"
+    assert data["services"]["inherits"]["listen"] == "127.0.0.1:7071"
+
+
+def test_xinetd_unlimited_in_a_service_lifts_the_defaults_limit(tmp_path):
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text("defaults\n{\n\tinstances = 60\n\tper_source = 5\n}\n"
+                    + xinetd_service(BASE + "\tinstances = UNLIMITED\n\tper_source = UNLIMITED", "free")
+                    + xinetd_service(BASE.replace("7070", "7071") + "\tinstances = 500\n"
+                                     "\tper_source = UNLIMITED", "wide")
+                    + xinetd_service(BASE.replace("7070", "7072"), "bound"))
+    data, _, text = imported(tmp_path, conf)
+    assert data["defaults"] == {"instances": 60, "per_source": 5}
+    free, wide, bound = (data["services"][n] for n in ("free", "wide", "bound"))
+    assert (free["instances"], free["per_source"]) == (200, 200)
+    assert (wide["instances"], wide["per_source"]) == (500, 500)
+    assert "instances" not in bound and "per_source" not in bound
+    assert "UNLIMITED here over defaults' 60" in text
+
+
 def test_inetd_host_line_sets_the_host_of_the_lines_below(tmp_path):
     conf = tmp_path / "inetd.conf"
     conf.write_text("127.0.0.1:\n7070 stream tcp nowait nobody /bin/cat cat\n"

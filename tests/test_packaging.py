@@ -82,7 +82,12 @@ def test_wheel_installs_and_runs(wheel, tmp_path, version):
     assert ": ok, " in run([str(bin_ / "superd"), "--check", "-f", str(examples / "services.yaml")],
                            **here)
     assert os.access(examples / "www/cgi-bin/form.py", os.X_OK)
-    for name in ("inetd.conf", "xinetd.d/superd-httpd", "systemd/superd-httpd.socket", "www/index.html"):
+    # the handler authors' examples, with their own services file
+    assert ": ok, " in run([str(bin_ / "superd"), "--check", "-f",
+                            str(examples / "handlers/services.yaml")], **here)
+    assert os.access(examples / "handlers/chat.py", os.X_OK)
+    for name in ("inetd.conf", "xinetd.d/superd-httpd", "systemd/superd-httpd.socket", "www/index.html",
+                 "haproxy/haproxy.cfg"):
         assert (examples / name).is_file(), name
     man = shutil.which("man")
     assert man, "man (Debian: man-db) is not installed; .ci/run installs it"

@@ -243,7 +243,16 @@ def test_zero_timeout_lets_a_slow_reader_finish(procs, site):
 
 
 def worker_processes(pid):
-    return [c for c in psutil.Process(pid).children() if str(HANDLER) in c.cmdline()]
+    """The live workers under pid: one that has just ended (a zombie, or gone
+    between listing and reading its command line) is not a worker any more."""
+    workers = []
+    for child in psutil.Process(pid).children():
+        try:
+            if str(HANDLER) in child.cmdline():
+                workers.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            pass
+    return workers
 
 
 def test_workers_share_the_listener_and_leave_together(procs, site):

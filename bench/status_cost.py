@@ -32,6 +32,7 @@ import argparse
 import http.client
 import itertools
 import json
+import resource
 import socket
 import statistics
 import sys
@@ -206,6 +207,16 @@ def noise_notes(record):
     return "\n".join(out) + "\n"
 
 
+def room_for(count):
+    """Raise this process's soft fd limit (superd started after inherits it) to
+    hold count sockets and more, within the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY
+                                                    else min(want, hard), hard))
+
+
 def held_open(c, count):
     """count clients of c's hold service, each with its handler running; their sockets."""
     socks = [socket.create_connection(("127.0.0.1", c.ports["hold"]), timeout=SCRAPE_TIMEOUT)
@@ -246,6 +257,7 @@ def reaped(c, holders):
 
 def scrape_cost(workdir, held, scrapes):
     """superd's CPU per scrape of each path, idle but for `held` live connections."""
+    room_for(held)
     c = HeldSuperd(workdir / f"held-{held}")
     c.start()
     socks = []

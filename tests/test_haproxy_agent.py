@@ -618,3 +618,30 @@ def test_a_service_failing_at_once_is_taken_down_by_the_agent_alone(cluster):
     cluster.flag("h3").unlink()
     cluster.wait(lambda s: all(s[h] == ("UP", "100") for h in HOSTS))
     assert set(cluster.through_haproxy(6)) == set(HOSTS)
+
+
+def test_an_upgrade_is_not_seen_by_haproxy(cluster):
+    """superdctl upgrade of h1: its control socket changes hands (the agent
+    waits for the successor to bind it rather than say down), and HAProxy
+    sees h1 UP at full weight throughout; afterwards the agent reports the
+    successor's state (a pause there drains h1)."""
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(cluster.servers()["h1"])
+            stop.wait(0.02)            # a sampling interval, not a synchronisation
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        successor = json.loads(cluster.ctl("h1", "--json", "upgrade"))["successor"]
+    finally:
+        stop.set()
+        watcher.join(TIMEOUT)
+    assert json.loads(cluster.hosts["h1"].ready_path.read_text())["pid"] == successor
+    assert seen and set(seen) == {("UP", "100")}, f"HAProxy saw h1 as {set(seen)}"
+    cluster.ctl("h1", "pause", "web")
+    cluster.wait(lambda s: s["h1"][0] == "DRAIN (agent)")
+    cluster.ctl("h1", "resume", "web")
+    cluster.wait(lambda s: s["h1"] == ("UP", "100"))

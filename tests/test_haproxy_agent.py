@@ -22,7 +22,9 @@ Three layers, fastest first:
   A pause drains a host and a resume readies it, with no client refused;
   connections held on a host lower its weight step by step; a service that
   fails as it starts (superd pauses it, `looping`) is taken DOWN by the agent
-  alone, its listener still open, and comes back UP when superd resumes it.
+  alone, its listener still open, and comes back UP when superd resumes it;
+  an upgrade in place is not seen at all (the agent waits out the moment
+  when nobody holds the control socket).
 
 HAProxy's state is read from its stats socket (`show stat`), polled against
 a deadline.  Teardown kills haproxy, every superd and handler (every pid left

@@ -18,6 +18,7 @@ Three layers, fastest first:
          |   send-proxy-v2, TCP check every 100 ms
       h1 10.78.0.11, h2 .12, h3 .13: superd with `web` on :7000 (instances 4)
                                       and `internal: status --agent web` on :7100
+                                      (nowait, only_from HAProxy, as shipped)
 
   A pause drains a host and a resume readies it, with no client refused;
   connections held on a host lower its weight step by step; a service that
@@ -414,9 +415,9 @@ services:
     proxy_from: [{lb}/32]
   agent:
     listen: {ip}:7100
-    mode: wait
     internal: status
     args: [--agent, web]
+    only_from: [{lb}/32]
     stderr: log
 """
 

@@ -32,6 +32,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from conftest import LogReader
 from test_httpd_events import procs, worker        # noqa: F401 (procs: a fixture)
 from test_httpd_fuzz import requests
 from test_httpd_support import Reader
@@ -199,6 +200,17 @@ def fuzz(port, log_text, wait_logged, share=1):
     one()
 
 
+def log_waiter(log):
+    """wait_logged(regex): wait for a line matching it among those the log
+    got since the last wait returned (a stall's access-log line is its own)."""
+    mark = [len(log.lines)]
+
+    def wait_logged(rx):
+        LogReader.wait_for(log, rx, timeout=WITHIN, start=mark[0])
+        mark[0] = len(log.lines)
+    return wait_logged
+
+
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -223,7 +235,7 @@ def test_accepting_for_itself_survives_misbehaving_clients(procs, site):
     proc, port, log = worker(procs, site, "--workers", "1", *ARGS)
     polite_get(port)                         # the worker's lazy imports done
     baseline = fds(proc.pid)
-    fuzz(port, log.text, lambda rx: log.wait_for(rx, timeout=WITHIN))
+    fuzz(port, log.text, log_waiter(log))
     assert settles(proc.pid, baseline, port), sorted(os.listdir(f"/proc/{proc.pid}/fd"))
     assert proc.poll() is None and "Traceback" not in log.text()
 
@@ -245,14 +257,8 @@ def test_one_process_per_connection_survives_misbehaving_clients(superd, site):
     polite_get(port)
     d.wait_running("http", 0)
     baseline = fds(d.pid)
-    mark = [len(d.log.lines)]
-
-    def wait_logged(rx):
-        """The handler's access-log line (superd logs its stderr) since the last one."""
-        d.log.wait_for(rx, timeout=WITHIN, start=mark[0])
-        mark[0] = len(d.log.lines)
-
-    fuzz(port, d.log.text, wait_logged, share=0.5)    # a process or two per example
+    # the handlers' access logs are superd's `stderr` lines (stderr: log)
+    fuzz(port, d.log.text, log_waiter(d.log), share=0.5)    # a process or two per example
     d.wait_running("http", 0, timeout=WITHIN)       # every handler has ended
     assert fds(d.pid) == baseline, sorted(os.listdir(f"/proc/{d.pid}/fd"))
     text = d.log.text()

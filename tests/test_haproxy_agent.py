@@ -394,8 +394,8 @@ HOSTS = {"h1": "10.78.0.11", "h2": "10.78.0.12", "h3": "10.78.0.13"}
 CLIENT = "10.78.0.21"
 FRONT = (LB, 80)
 INSTANCES = 4
-# superd pauses a service after 2 fast failures in 10 s (`looping`), for 4 s
-THRESHOLDS = "failures=2,looping_pause=4"
+# superd pauses a service after 2 fast failures in 10 s (`looping`), for 6 s
+THRESHOLDS = "failures=2,looping_pause=6"
 
 HANDLER = """\
 #!/bin/sh
@@ -416,7 +416,7 @@ services:
   agent:
     listen: {ip}:7100
     internal: status
-    args: [--agent, web]
+    args: [--agent, web, --control-timeout, 5]
     only_from: [{lb}/32]
     stderr: log
 """
@@ -614,19 +614,20 @@ def test_a_service_failing_at_once_is_taken_down_by_the_agent_alone(cluster):
         with cluster.direct("h3") as sock:
             assert read_to_end(sock) == b"", "the failing handler answered"
     servers = cluster.wait(lambda s: s["h3"][0] == "DOWN (agent)")
+    cluster.flag("h3").unlink()     # paused, it starts nothing: resumed, it serves
     assert servers["h1"][0] == servers["h2"][0] == "UP"
     assert cluster.agent_said("h3") == "via agent : down (web: paused (looping))"
-    served = cluster.through_haproxy(12)
+    served = cluster.through_haproxy(6)
     assert None not in served and set(served) == {"h1", "h2"}, served
-    cluster.flag("h3").unlink()
     cluster.wait(lambda s: all(s[h] == ("UP", "100") for h in HOSTS))
     assert set(cluster.through_haproxy(6)) == set(HOSTS)
 
 
 def test_an_upgrade_is_not_seen_by_haproxy(cluster):
     """superdctl upgrade of h1: its control socket changes hands (the agent
-    waits for the successor to bind it rather than say down), and HAProxy
-    sees h1 UP at full weight throughout; afterwards the agent reports the
+    waits for the successor to bind it rather than say down; waiting longer
+    than HAProxy's check timeout changes nothing there), and HAProxy sees h1
+    UP at full weight throughout; afterwards the agent reports the
     successor's state (a pause there drains h1)."""
     seen, stop = [], threading.Event()
 

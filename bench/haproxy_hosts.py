@@ -40,6 +40,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ from netns_support import HAProxy, Lab  # noqa: E402
 LB = "10.79.0.1"
 HOSTS = {"h1": "10.79.0.11", "h2": "10.79.0.12", "h3": "10.79.0.13"}
 SUPERDCTL = cs.SUPERD.with_name("superdctl")
+PROGRAMS = {"hello": cs.HELLO, "connload": cs.CONNLOAD}    # main() puts private copies here
 
 # backend name: (port on every host, HAProxy's server options, frontend port on lb's loopback)
 BACKENDS = {
@@ -164,7 +166,7 @@ class Hosts:
         folder = self.work / host
         folder.mkdir(exist_ok=True)
         conf = folder / "services.yaml"
-        conf.write_text(SUPERD_CONFIG.format(ip=HOSTS[host], hello=cs.HELLO, lb=LB))
+        conf.write_text(SUPERD_CONFIG.format(ip=HOSTS[host], hello=PROGRAMS["hello"], lb=LB))
         ready = self.ready_file(host)
         ready.unlink(missing_ok=True)
         env_run = folder / "run"
@@ -177,7 +179,7 @@ class Hosts:
 
     def start_tcpserver(self, host):
         argv = ["tcpserver", "-R", "-H", "-l", "0", "-b", "1024", "-c", "1000",
-                HOSTS[host], "7001", cs.HELLO]
+                HOSTS[host], "7001", PROGRAMS["hello"]]
         self.tcpserver[host] = self.popen(host, argv, "tcpserver")
 
     def stop_tcpserver(self, host):
@@ -192,7 +194,7 @@ class Hosts:
         `abnormal`: HAProxy's abnormal sessions meanwhile, by server and
         termination state (e.g. "h1 SC": h1 refused or reset the connection)."""
         front = BACKENDS[backend][2]
-        argv = [cs.CONNLOAD, "-a", "127.0.0.1", "-p", front, "-c", concurrency,
+        argv = [PROGRAMS["connload"], "-a", "127.0.0.1", "-p", front, "-c", concurrency,
                 "-d", duration, "-n", maxconn, "-t", 10, "-q"]
         mark = self.haproxy.log_path.stat().st_size
         run = subprocess.run(self.lab.command("lb", argv), capture_output=True, text=True,
@@ -359,6 +361,12 @@ def main():
     cs.build()
     work = Path(cs.OUT) / f"haproxy_hosts-{os.getpid()}"
     work.mkdir(parents=True)
+    # Copies of our own: another bench's build() rewrites bench/out/hello in
+    # place, and a handler exec'd meanwhile fails (EACCES: seen, in both
+    # superd, which then paused the service as looping, and tcpserver).
+    for name in ("hello", "connload"):
+        shutil.copy2(cs.OUT / name, work / name)
+    PROGRAMS.update(hello=work / "hello", connload=work / "connload")
     load_before = uptime()
     log(load_before)
     hosts = Hosts(work)

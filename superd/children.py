@@ -29,14 +29,12 @@ class Children:
         self.clock = clock
         self.thresholds = thresholds
         self.grace = grace
-        self.doomed = set()       # ids of connections to end as soon as their handler runs
         self.on_listener_free = lambda listener: None   # a wait-mode handler let go of it
         self.claim = lambda pid, status: False          # a pid that is another part's child
 
     def watch(self, conn):
         """A handler runs: arm its service's timeout (or end it, if it was killed meanwhile)."""
-        if conn.id in self.doomed:
-            self.doomed.discard(conn.id)
+        if conn.doomed:                   # killed while it started
             self.end(conn)
             return
         timeout = conn.record.service.timeout
@@ -80,7 +78,9 @@ class Children:
         self.timers.at(self.clock() + self.grace, partial(self._kill, conn))
 
     def end_when_started(self, conn):
-        self.doomed.add(conn.id)
+        """`superdctl kill` of a connection whose handler is starting: the mark
+        is its own, so a start that fails leaves nothing behind."""
+        conn.doomed = True
 
     def stop(self):
         """A stop: TERM the wait-mode handlers (they never end by themselves),

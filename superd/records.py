@@ -85,7 +85,8 @@ class Connection:
 
     __slots__ = ("id", "record", "listener", "state", "fd", "sock", "peer", "local",
                  "_client", "env", "wait", "accepted", "started", "pid", "timer", "release_slot",
-                 "err_fd", "timed_out", "timeout", "got", "proxy_protocol", "proxy_timeout")
+                 "err_fd", "timed_out", "doomed", "timeout", "got", "proxy_protocol",
+                 "proxy_timeout")
 
     def __init__(self, conn_id, record, listener, fd, peer, now, wait=False):
         self.id = conn_id
@@ -108,6 +109,7 @@ class Connection:
         self.release_slot = None      # frees its per-source slot (limits.Guard.admit)
         self.err_fd = None            # read end of its stderr pipe, while a server starts it
         self.timed_out = False
+        self.doomed = False           # killed while starting: ended as soon as it runs
         self.timeout = 0.0            # its service's timeout when it started
         self.got = b""                # the start of its PROXY header, already read
         # the settings it was accepted under: a reload meanwhile does not change them

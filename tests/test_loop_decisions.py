@@ -309,6 +309,33 @@ services:
     assert not l.table.by_pid and record.running == 0
 
 
+def test_a_kill_while_starting_ends_the_handler_once_it_runs_and_nothing_lingers(loop, monkeypatch):
+    l = loop("""
+services:
+  a: {listen: "127.0.0.1:0", server: /bin/cat}
+""")
+    sent = []
+    monkeypatch.setattr(children_module, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    kids = Children(l.services, l.table, None, l.timers, l.log, l.clock, l.thresholds, grace=10)
+    record = l.record("a")
+    doomed = l.table.open(record, record.listeners[0], None, ("127.0.0.1", 1))
+    kids.end_when_started(doomed)              # superdctl kill while its start is under way
+    other = l.table.open(record, record.listeners[0], None, ("127.0.0.1", 2))
+    for conn, pid in ((doomed, 999998), (other, 999999)):
+        record.occupy()
+        l.table.running(conn, pid)
+        kids.watch(conn)
+    assert sent == [(999998, signal.SIGTERM)], "only the killed one, as soon as it runs"
+    l.advance(10.1)
+    assert sent[-1] == (999998, signal.SIGKILL)
+    failed = l.table.open(record, record.listeners[0], None, ("127.0.0.1", 3))
+    kids.end_when_started(failed)              # and one whose start then fails
+    l.table.close(failed)
+    for conn in (doomed, other):
+        l.table.close(conn)
+    assert not l.table.live and not l.table.by_pid, "the mark went with its connection"
+
+
 @pytest.fixture
 def supervisor(tmp_path):
     """An in-process Supervisor on a fake clock; its signal set-up undone afterwards."""

@@ -49,11 +49,22 @@ class Commands:
         return command(request)
 
     def status(self, request):
+        """The whole document; "connections": false and "history": false leave
+        those parts out (a /metrics scrape needs neither, and with thousands of
+        live connections they are most of the work)."""
+        wanted = {}
+        for part in ("connections", "history"):
+            wanted[part] = request.get(part, True)
+            if not isinstance(wanted[part], bool):
+                return refused(f"{part}: expected true or false, got {shown(wanted[part])}")
         records = list(self.services)
-        return {"ok": True, "daemon": self.daemon(), "buckets": list(BUCKETS),
-                "services": [snapshot.service(r) for r in records],
-                "connections": snapshot.connections(self.table, self.clock()),
-                "history": self.history.document(records)}
+        answer = {"ok": True, "daemon": self.daemon(), "buckets": list(BUCKETS),
+                  "services": [snapshot.service(r) for r in records]}
+        if wanted["connections"]:
+            answer["connections"] = snapshot.connections(self.table, self.clock())
+        if wanted["history"]:
+            answer["history"] = self.history.document(records)
+        return answer
 
     def list(self, request):
         name = request.get("service")

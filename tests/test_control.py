@@ -286,6 +286,31 @@ services:
         sock.close()
 
 
+def test_status_may_leave_out_connections_and_history(superd, tmp_path):
+    d = superd("""
+services:
+  a: {listen: "127.0.0.1:0", server: /bin/cat}
+""")
+    path = json.loads(Path(d.ready_path).read_text())["control"]
+    held = connect(d.address("a"))
+    try:
+        _wait_until(d, lambda conns: len(conns) == 1)
+
+        def status(**parts):
+            with raw(path, json.dumps({"command": "status", **parts}).encode() + b"\n") as sock:
+                return json.loads(read_all(sock))
+        whole = status()
+        assert len(whole["connections"]) == 1 and whole["history"]
+        lean = status(connections=False, history=False)
+        assert lean["ok"] and "connections" not in lean and "history" not in lean
+        assert lean["services"][0]["running"] == 1, "the services are all there"
+        assert "history" in status(connections=False) and "connections" in status(history=False)
+        wrong = status(connections="no")
+        assert wrong["ok"] is False and "connections: expected true or false" in wrong["error"]
+    finally:
+        held.close()
+
+
 def test_the_bundled_status_handler_reads_this_daemons_records(superd, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
     d = superd("""

@@ -41,8 +41,12 @@ def build():
     """Compile the load generator and the handler into bench/out/; write hello.py."""
     OUT.mkdir(exist_ok=True)
     for name in ("connload", "hello"):
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(OUT / name),
+        # to a name of its own, then renamed: a bench running meanwhile keeps
+        # executing the old file instead of finding it half written (EACCES)
+        partial = OUT / f".{name}.{os.getpid()}"
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(partial),
                         str(BENCH / f"{name}.c")], check=True)
+        os.replace(partial, OUT / name)
     HELLO.chmod(0o755)        # superd with user: nobody must run it too
     # The trivial Python handler: its #! names superd's interpreter (a path
     # of this checkout, hence written here rather than committed).
@@ -293,9 +297,15 @@ class Superd(Contender):
     def program(self):
         return [str(SUPERD)]
 
+    def control_line(self):
+        """Each superd its own control socket, as a user's has one: as root the
+        default path (/run/superd/control) would be the first contender's only."""
+        path = self.dir / "control.sock"
+        return f"control: {path}\n" if len(str(path).encode()) <= 107 else "control: none\n"
+
     def start(self):
         conf = self.dir / "services.yaml"
-        conf.write_text("services:\n  hello:\n" + "".join(
+        conf.write_text(self.control_line() + "services:\n  hello:\n" + "".join(
             f"    {k}: {v}\n" for k, v in self.service().items()))
         ready = self.dir / "ready.json"
         proc = self.popen([*self.program(), "-f", str(conf), "--ready-file", str(ready)])

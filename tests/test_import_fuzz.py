@@ -102,7 +102,8 @@ def inetd_files(draw):
 
 # -- xinetd ---------------------------------------------------------------------
 
-ATTRIBUTE_NAMES = sorted(CORE | set(SIMPLE) | set(UNMAPPED) | set(RLIMITS))
+ATTRIBUTE_NAMES = sorted(CORE | set(SIMPLE) | set(UNMAPPED) | set(RLIMITS)
+                         | {"enabled", "disabled"})       # defaults' switches
 ATTRIBUTE_VALUES = {
     "socket_type": ["stream", "dgram", "raw"], "protocol": ["tcp", "udp", "icmp"],
     "wait": ["yes", "no", "maybe"], "port": ["7080", "7", "0", "99999", "echo"],
@@ -121,6 +122,7 @@ ATTRIBUTE_VALUES = {
     "passenv": ["TZ", "PATH"], "disable": ["yes", "no"], "groups": ["yes", "no"],
     "id": ["echo-stream", "x"], "rlimit_as": ["1M", "UNLIMITED", "x"],
     "rlimit_cpu": ["60", "1K"], "rlimit_files": ["1024"],
+    "enabled": ["echo", "demo", "x-y", "daytime"], "disabled": ["echo", "time", "demo"],
 }
 ANY_VALUES = ["", "0", "yes", "x" * 300, "a = b", "{", "}", "#", "\x00", "\udcff", "\u00e9"]
 OPERATORS = ["=", "=", "+=", "-="]

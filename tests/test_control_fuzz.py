@@ -40,7 +40,7 @@ services:
 """
 
 COMMANDS = sorted(set(ctl.COMMANDS) - {"upgrade"})
-FIELDS = ["service", "ids", "command", "args", "json", "id", "verbose", "x"]
+FIELDS = ["service", "ids", "connections", "history", "command", "args", "json", "id", "x"]
 
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(-2**70, 2**70),

@@ -210,6 +210,9 @@ def usage():
 # =========================================================================
 
 STATUS_REQUEST = b'{"command": "status"}\n'
+# /metrics and the agent need neither the connections nor the history, which
+# are most of the document (and of superd's work) with thousands of clients
+LEAN_REQUEST = b'{"command": "status", "connections": false, "history": false}\n'
 RETRY_EVERY = 0.05           # seconds between connects to a missing socket, when patient
 
 
@@ -217,13 +220,14 @@ class ControlError(Exception):
     """The daemon's state could not be had; answered 503 with this text."""
 
 
-def fetch_status(path, timeout, limit, patient=False):
+def fetch_status(path, timeout, limit, patient=False, lean=False):
     """(the answer's bytes, its document) from the control socket at path.
 
     One deadline, timeout seconds, bounds the connect, the request and the
     whole answer; an answer past limit bytes is not read further.  Raises
     ControlError, whatever went wrong.  patient: a socket that is missing or
-    refuses is tried again until the deadline (see connect_control)."""
+    refuses is tried again until the deadline (see connect_control).  lean:
+    without the connections and the history."""
     if not path:
         raise ControlError("no control socket: SUPERD_CONTROL is not set")
     deadline = time.monotonic() + timeout
@@ -231,7 +235,7 @@ def fetch_status(path, timeout, limit, patient=False):
     chunks, size = [], 0
     try:
         sock = connect_control(path, deadline, patient)
-        sock.sendall(STATUS_REQUEST)
+        sock.sendall(LEAN_REQUEST if lean else STATUS_REQUEST)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -1192,6 +1196,7 @@ ROUTES = {
     "/metrics": metrics_answer,
     "/status.json": json_answer,
 }
+LEAN_ROUTES = ("/metrics",)     # asked for without connections and history
 
 
 def respond(client, request):
@@ -1203,7 +1208,8 @@ def respond(client, request):
         raise HttpError(404)
     s = client.settings
     try:
-        raw, doc = fetch_status(s.control, s.control_timeout, s.max_document)
+        raw, doc = fetch_status(s.control, s.control_timeout, s.max_document,
+                                lean=request.path in LEAN_ROUTES)
     except ControlError as exc:
         client.log.diag(str(exc))
         raise HttpError(503, "superd-status: cannot read superd's state: %s" % exc,
@@ -1347,13 +1353,21 @@ def agent_text(reason):
 
 def agent_reply(settings):
     """The line for HAProxy now: from the daemon's state, or down when the
-    daemon does not answer (patiently: an upgrade is not an outage)."""
-    try:
-        _raw, doc = fetch_status(settings.control, settings.control_timeout,
-                                 settings.max_document, patient=True)
-    except ControlError as exc:
-        return agent_line([(DOWN, None, "superd not answering: %s" % exc)]), str(exc)
-    return agent_line(agent_verdicts(doc, settings.agent)), None
+    daemon does not answer (patiently: an upgrade is not an outage).  An
+    answer from a superd that has just handed over to its successor is
+    asked again: the same socket is the successor's now."""
+    deadline = time.monotonic() + settings.control_timeout
+    timeout = settings.control_timeout
+    while True:
+        try:
+            _raw, doc = fetch_status(settings.control, timeout, settings.max_document,
+                                     patient=True, lean=True)
+        except ControlError as exc:
+            return agent_line([(DOWN, None, "superd not answering: %s" % exc)]), str(exc)
+        timeout = deadline - time.monotonic() - RETRY_EVERY
+        if daemon(doc).get("state") != "handed-over" or timeout <= 0:
+            return agent_line(agent_verdicts(doc, settings.agent)), None
+        time.sleep(RETRY_EVERY)
 
 
 def serve_agent(sock, settings, log):

@@ -66,6 +66,7 @@ class ControlServer:
         self.sock = None
         self.path = None
         self.inode = None
+        self.owns_path = False    # whether closing removes the socket's file
         self.clients = set()
 
     def open(self, path, gid=None):
@@ -87,9 +88,36 @@ class ControlServer:
             raise
         finally:
             os.umask(old)
+        self._serve(sock, path, owns_path=True)
+
+    def adopt(self, fd, path):
+        """Serve the listening socket an upgrade's predecessor passed as fd, if
+        it is bound to path; True then.  The file stays the predecessor's until
+        `own_path()` (a successor that fails must not remove it)."""
+        sock = socket.socket(fileno=fd)
+        try:
+            bound = sock.family == socket.AF_UNIX and sock.getsockname() == path
+        except OSError:
+            bound = False
+        if not bound:
+            sock.close()
+            return False
+        self._serve(sock, path, owns_path=False)
+        return True
+
+    def listening(self):
+        """(fd, path) of the listening socket, for an upgrade to pass on; or None."""
+        return (self.sock.fileno(), self.path) if self.sock is not None else None
+
+    def own_path(self):
+        """The predecessor has handed over: the socket's file is ours to remove."""
+        self.owns_path = self.sock is not None
+
+    def _serve(self, sock, path, owns_path):
         sock.setblocking(False)
         st = os.lstat(path)
         self.sock, self.path, self.inode = sock, path, (st.st_dev, st.st_ino)
+        self.owns_path = owns_path
         self.selector.register(sock, selectors.EVENT_READ, self._accept)
 
     def close(self):
@@ -97,19 +125,23 @@ class ControlServer:
             self._drop(client)
         self.close_listener()
 
-    def close_listener(self):
-        """Stop taking clients (the ones connected are still answered)."""
+    def close_listener(self, hand_over=False):
+        """Stop taking clients (the ones connected are still answered).  The
+        socket's file goes too, if it is ours and still this socket's; not when
+        it is handed over (the successor serves the same socket at that path)."""
         if self.sock is None:
             return
         self.selector.unregister(self.sock)
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self.inode:
-                os.unlink(self.path)
-        except OSError:
-            pass
+        if self.owns_path and not hand_over:
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self.inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
         self.sock.close()
         self.sock = None
+        self.owns_path = False
 
     def _accept(self):
         while True:

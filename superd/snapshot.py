@@ -80,8 +80,9 @@ def connections(table, now, service_name=None):
             if service_name is None or c.record.name == service_name]
 
 
-def daemon(started_wall, reloads):
-    return {"pid": os.getpid(), "version": __version__, "started": round(started_wall, 3),
+def daemon(started_wall, reloads, state="serving"):
+    return {"pid": os.getpid(), "version": __version__, "state": state,
+            "started": round(started_wall, 3),
             "now": round(time.time(), 3), "reloads": dict(reloads), "process": process()}
 
 

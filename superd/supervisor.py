@@ -100,7 +100,8 @@ class Supervisor:
         self.commands = Commands(self.services, table, self.children, self.intake, self.proxies,
                                  self.history, clock, log, reload=self.reload,
                                  config=lambda: self.config,
-                                 daemon=lambda: snapshot.daemon(self.started_wall, self.reloads),
+                                 daemon=lambda: snapshot.daemon(self.started_wall, self.reloads,
+                                                                self._state()),
                                  upgrade=self.upgrade)
         self.control = control.ControlServer(selector, timers, clock, log, self.commands.answer,
                                             thresholds.control_deadline)
@@ -121,16 +122,16 @@ class Supervisor:
         """
         config = configuration.load(self.config_path)
         recipes = {s.name: spawn.recipe(s) for s in config.enabled}
-        passed, busy, state, ready_fd, freed_fd = upgrade.inherited()
-        adopted, unwanted = sockets.adopt(systemd.listen_fds() + passed, config.enabled)
+        given = upgrade.inherited()
+        adopted, unwanted = sockets.adopt(systemd.listen_fds() + given.passed, config.enabled)
         for sock in unwanted:
             self.log.warning("systemd-socket-unused", address=sockets.bound_text(sock))
             sock.close()
         self.listeners, _ = sockets.reconcile(adopted, config.enabled)
-        self._inherit(busy, state, ready_fd, freed_fd)
+        self._inherit(given.busy, given.state, given.ready_fd, given.freed_fd)
         self._install(config, recipes)
-        if state:
-            self._carry_over(state)
+        if given.state:
+            self._carry_over(given.state)
         self._signals()
         preload.become_subreaper()
         self.warm.configure(config.enabled)
@@ -139,7 +140,7 @@ class Supervisor:
         self.log.info("started", pid=os.getpid(), config=self.config_path,
                       services=len(self.services.records))
         self.services.check_load()
-        self._open_control()
+        self._open_control(given.control)
         try:
             announce.write_ready_file(self.ready_file, self.services, self.control.path)
         except OSError as err:
@@ -151,6 +152,7 @@ class Supervisor:
         self._store_fds()             # after READY=1: a reader of the first message sees it
         if self.predecessor is not None:
             upgrade.say_ready(self.predecessor[0])
+            self.control.own_path()       # the predecessor leaves it to us now
 
     def _inherit(self, busy, state, ready_fd, freed_fd):
         """An upgrade's successor: block the listeners the predecessor's wait-mode
@@ -216,12 +218,12 @@ class Supervisor:
         state = {"next_id": self.table.next_id, "started": self.started_wall,
                  "reloads": self.reloads,
                  "counters": {r.name: upgrade.counters_state(r.counters) for r in self.services}}
-        self.control.close_listener()     # its path is the successor's to bind
+        control_socket = self.control.listening()
         try:
             self.handover.start(list(self.listeners.values()), state,
-                                busy=lambda l: l.owner is not None or l.text in self.held)
+                                busy=lambda l: l.owner is not None or l.text in self.held,
+                                control=control_socket)
         except upgrade.UpgradeRefused as err:
-            self._open_control()
             return self._upgrade_refused(str(err), respond)
         if respond is not None:
             self.upgrade_waiters.append(respond)
@@ -237,6 +239,7 @@ class Supervisor:
         self.log.info("upgraded", successor=pid, running=len(self.table.by_pid),
                       waiting=len(self.table.live) - len(self.table.by_pid))
         self.services.accepting = False
+        self.control.close_listener(hand_over=True)   # the successor serves the same socket
         for listener in self.listeners.values():
             self.services.unwatch(listener)
             listener.release()
@@ -247,7 +250,6 @@ class Supervisor:
         self._answer_upgrade({"ok": True, "successor": pid})
 
     def _upgrade_failed(self, why):
-        self._open_control()
         self._answer_upgrade({"ok": False, "error": f"the new superd failed: {why}"})
 
     def _answer_upgrade(self, answer):
@@ -263,10 +265,17 @@ class Supervisor:
         self.warm.stop_all()
         self.control.close()
 
-    def _open_control(self):
-        """The control socket; superd serves without one if it cannot be had (logged)."""
+    def _open_control(self, passed=None):
+        """The control socket; superd serves without one if it cannot be had (logged).
+        passed: (fd, path) of the predecessor's, served as it is when the path is ours."""
         path = self.config.control or control.default_path(os.environ, os.geteuid(),
                                                             self.ready_file)
+        if passed is not None:
+            if path == passed[1] and self.control.adopt(passed[0], path):
+                self.log.info("control", path=path, adopted=1)
+                return
+            if path != passed[1]:
+                os.close(passed[0])           # the predecessor removes its own path
         if path in (None, "none"):
             return
         try:
@@ -299,6 +308,12 @@ class Supervisor:
                 self.log.info("listening", service=service.name, address=listener.text,
                               adopted=int(listener.adopted))
         self.services.records = records
+
+    def _state(self):
+        """What the status document says this superd is doing, for a balancer's agent."""
+        if self.handover.done:
+            return "handed-over"          # its successor serves: ask again
+        return "stopping" if self.services.stopping else "serving"
 
     def _control_path(self):
         """Where the status handler asks (the socket is opened after the records)."""
@@ -341,8 +356,9 @@ class Supervisor:
 
     def _finished(self, table):
         """Stopped and every handler reaped; or handed over and every connection done."""
-        if self.handover.done:            # and no predecessor's handler to wait for on its behalf
-            return not table.live and not self.held
+        if self.handover.done:            # and no predecessor's handler to wait for on its behalf,
+            # and no control client it accepted before the hand-over left unanswered
+            return not table.live and not self.held and not self.control.clients
         return self.services.stopping and not table.by_pid and not table.counts["starting"]
 
     def _guarded(self, callback, *args):

@@ -10,7 +10,9 @@ and the read end of a pipe on which the predecessor says which listeners
 its wait-mode handlers let go of (SUPERD_FREED_FD).
 
 The successor loads and validates its configuration, adopts the inherited
-sockets as it adopts systemd's, binds what is new, writes the ready file,
+sockets as it adopts systemd's, serves the control socket it was passed
+(SUPERD_CONTROL_FD: fd and path; the same socket, so a control client is
+never refused meanwhile), binds what is new, writes the ready file,
 notifies systemd (MAINPID=, READY=1), and only then writes "ready".  Then
 the predecessor stops accepting, closes its copies (never a unix socket's
 file: the successor serves it), serves the connections it accepted already,
@@ -25,6 +27,7 @@ import json
 import os
 import selectors
 import sys
+from dataclasses import dataclass, field
 
 from superd.status import BUCKETS, Counters, Histogram
 
@@ -48,11 +51,13 @@ class Handover:
         self.freed_w = None               # stays open until this process exits
         self.done = False
 
-    def start(self, listeners, state, busy=lambda listener: listener.owner is not None):
+    def start(self, listeners, state, busy=lambda listener: listener.owner is not None,
+              control=None):
         """Spawn the successor; UpgradeRefused if one is on its way or cannot start.
 
         busy(listener): a wait-mode handler (ours, or a predecessor's that we
-        still wait for) owns it: the successor must not watch it yet."""
+        still wait for) owns it: the successor must not watch it yet.
+        control: (fd, path) of the control socket, passed on as it is."""
         if self.pid is not None or self.done:
             raise UpgradeRefused("an upgrade is under way")
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -63,6 +68,10 @@ class Handover:
         env.update(SUPERD_READY_FD=str(ready_w), SUPERD_FREED_FD=str(freed_r),
                    SUPERD_STATE=str(memo),
                    SUPERD_INHERIT=json.dumps([[l.fd, l.service, busy(l)] for l in listeners]))
+        env.pop("SUPERD_CONTROL_FD", None)
+        if control is not None:
+            passed.append(control[0])
+            env["SUPERD_CONTROL_FD"] = json.dumps(list(control))
         for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
             env.pop(key, None)
         try:
@@ -141,16 +150,29 @@ def _memfd(data):
 
 
 # -- the successor -------------------------------------------------------------------
+@dataclass
+class Inherited:
+    """What a predecessor passed; the defaults: none (not an upgrade)."""
+    passed: list = field(default_factory=list)   # [(fd, service)] of listening sockets
+    busy: dict = field(default_factory=dict)     # fd -> a wait-mode handler still owns it
+    state: dict = None                           # next id, counters, ...
+    ready_fd: int = -1
+    freed_fd: int = -1
+    control: tuple = None                        # (fd, path) of the control socket
+
+
 def inherited(environ=os.environ):
-    """What a predecessor passed: ([(fd, service)], {fd: busy}, state or None, ready fd,
-    freed fd).  Clears the variables (no handler inherits them)."""
+    """What a predecessor passed, as an Inherited.  Clears the variables (no
+    handler inherits them)."""
     try:
         entries = json.loads(environ.pop("SUPERD_INHERIT", "[]"))
         ready_fd = int(environ.pop("SUPERD_READY_FD", "-1"))
         freed_fd = int(environ.pop("SUPERD_FREED_FD", "-1"))
         state_fd = int(environ.pop("SUPERD_STATE", "-1"))
-    except ValueError:
-        return [], {}, None, -1, -1
+        control = json.loads(environ.pop("SUPERD_CONTROL_FD", "null"))
+        control = (int(control[0]), str(control[1])) if control else None
+    except (ValueError, TypeError, IndexError, KeyError):
+        return Inherited()
     state = None
     if state_fd >= 0:
         try:
@@ -158,11 +180,11 @@ def inherited(environ=os.environ):
                 state = json.loads(f.read())
         except (OSError, ValueError):
             state = None
-    for fd in [fd for fd, _, _ in entries] + [ready_fd, freed_fd]:
+    for fd in [fd for fd, _, _ in entries] + [ready_fd, freed_fd] + [c[0] for c in [control] if c]:
         if fd >= 0:
             os.set_inheritable(fd, False)
-    return ([(fd, name) for fd, name, _ in entries], {fd: busy for fd, _, busy in entries},
-            state, ready_fd, freed_fd)
+    return Inherited([(fd, name) for fd, name, _ in entries],
+                     {fd: busy for fd, _, busy in entries}, state, ready_fd, freed_fd, control)
 
 
 def say_ready(fd):

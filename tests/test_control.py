@@ -304,6 +304,7 @@ services:
         lean = status(connections=False, history=False)
         assert lean["ok"] and "connections" not in lean and "history" not in lean
         assert lean["services"][0]["running"] == 1, "the services are all there"
+        assert lean["daemon"]["state"] == "serving"
         assert "history" in status(connections=False) and "connections" in status(history=False)
         wrong = status(connections="no")
         assert wrong["ok"] is False and "connections: expected true or false" in wrong["error"]

@@ -155,7 +155,8 @@ def test_agent_refuses_an_empty_name(arg):
 
 class FakeControl:
     """A control socket in a thread: each client gets `answer` and a close;
-    with answer None, nothing (its connection is held until close())."""
+    with answer None, nothing (its connection is held until close()); with a
+    list, the next one each time (the last one from then on)."""
 
     def __init__(self, path, answer):
         self.path, self.answer, self.held = str(path), answer, []
@@ -172,13 +173,16 @@ class FakeControl:
             selector.register(self.stop_r, selectors.EVENT_READ)
             while all(key.fileobj is self.listener for key, _ in selector.select()):
                 conn, _ = self.listener.accept()
-                if self.answer is None:
+                answer = self.answer
+                if isinstance(answer, list):
+                    answer = answer.pop(0) if len(answer) > 1 else answer[0]
+                if answer is None:
                     self.held.append(conn)
                     continue
                 conn.settimeout(TIMEOUT)
                 try:
                     conn.recv(4096)
-                    conn.sendall(self.answer)
+                    conn.sendall(answer)
                 except OSError:
                     pass
                 conn.close()
@@ -299,6 +303,23 @@ def test_a_control_socket_that_comes_late_is_waited_for(agents, tmp_path):
     finally:
         control.close()
     assert line == "up ready 75%\n"
+
+
+def test_a_superd_that_has_handed_over_is_asked_again(agents):
+    """Its last answers, in the moment after its successor took the socket,
+    say so: the successor, on the same socket, is the one to ask."""
+    leaving = json.dumps(doc(svc(running=1, addresses=()),
+                             daemon={"pid": 1, "version": "0.1.0", "state": "handed-over"}))
+    line, _, _, _ = agents(["--agent", "web", "--control-timeout", "5"],
+                           [leaving.encode(), leaving.encode(), SERVING]).exchange()
+    assert line == "up ready 75%\n"
+
+
+def test_a_stopping_superd_is_drained(agents):
+    stopping = json.dumps(doc(svc(running=1),
+                              daemon={"pid": 1, "version": "0.1.0", "state": "stopping"}))
+    line, _, _, _ = agents(["--agent", "web"], stopping.encode()).exchange()
+    assert line == "up drain #superd is stopping\n"
 
 
 # -------------------------------------------------------------------------

@@ -244,3 +244,43 @@ services:
         time.sleep(0.01)
     assert stream_echo(d.address("warm"))(b"after") == b"after"
     assert d.log.count(r"^refused ") == 0
+
+
+def test_the_control_socket_answers_all_through_upgrades(superd, tmp_path):
+    """The same control socket goes to the successor: no client finds it missing."""
+    d = superd("""
+services:
+  tcp: {listen: "127.0.0.1:0", internal: echo}
+""")
+    path = json.loads(Path(d.ready_path).read_text())["control"]
+    inode = os.stat(path).st_ino
+
+    def ask(_payload):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b'{"command": "status", "connections": false, "history": false}\n')
+            answer = json.loads(read_all(sock))
+        return _payload if answer.get("ok") else repr(answer).encode()
+    load = Load(ask)
+    load.start()
+    pids = [d.current_pid()]
+    try:
+        for _ in range(3):
+            before = load.ok
+            pids.append(upgrade(d))
+            deadline = time.monotonic() + TIMEOUT
+            while load.ok < before + 5:
+                assert time.monotonic() < deadline, "control clients are answered after it"
+                time.sleep(0.01)
+    finally:
+        load.stop()
+    assert load.failures == [] and load.ok > 0
+    for old in pids[:-1]:
+        d.log.wait_for(rf"^stopped pid={old}$")
+    assert os.stat(path).st_ino == inode, "one socket all along, never bound anew"
+    assert ctl(d, "status").returncode == 0
+    Path(d.config_path).write_text("services:\n  tcp: {listen: nowhere, internal: echo}\n")
+    assert ctl(d, "upgrade").returncode == 1
+    assert os.stat(path).st_ino == inode, "a successor that failed leaves it in place"
+    assert ctl(d, "status").returncode == 0

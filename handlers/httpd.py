@@ -2239,6 +2239,7 @@ class LoopConnection(Connection):
         self.head_by = NO_LIMIT   # when the head now arriving must be complete
         self.blank = 0            # empty lines before the current request
         self.pending = False      # an access-log line waits for out to drain
+        self.batch = []           # (line, request, sent) of answers queued before it
         self.closed = False
         self.noted = None         # (path, stat, fields, body) of a small file answer
         self.body_started = self.body_received = 0
@@ -2326,6 +2327,7 @@ UNCACHED_FIELDS = frozenset(("range", "if-range", "if-match", "if-none-match",
                              "if-modified-since", "if-unmodified-since", "expect"))
 ANSWERS = 256               # most answers a Worker remembers
 ANSWER_TTL = 1.0            # seconds before a remembered answer is resolved afresh
+PIPELINE_BYTES = 64 << 10   # remembered answers to pipelined requests queued at once
 
 
 class Answer:
@@ -2336,11 +2338,17 @@ class Answer:
     same unchanged file (inode, size, mtime and ctime).  Every ANSWER_TTL
     seconds the request goes the whole way again, so that a file that
     appears beside it (page.txt.gz) or a moved link is noticed (Rule 3
-    holds: the bytes kept are those a full resolve chose)."""
+    holds: the bytes kept are those a full resolve chose).
 
-    __slots__ = ("line", "request", "path", "key", "fields", "body", "made", "heads")
+    A head that ends in CRLF also has a `wire` key: the exact bytes of the
+    whole request (head and blank line), so that a recv that brings just
+    those bytes is answered without being searched or split
+    (Worker.quick)."""
 
-    def __init__(self, line, request, path, st, fields, body, made):
+    __slots__ = ("line", "request", "path", "key", "fields", "body", "made",
+                 "wire", "keep", "checked", "date", "answers")
+
+    def __init__(self, line, request, path, st, fields, body, made, head, keep):
         self.line = line
         self.request = request
         self.path = path
@@ -2348,7 +2356,23 @@ class Answer:
         self.fields = fields
         self.body = body
         self.made = made
-        self.heads = {}           # (Date line, keep, version) -> the encoded head
+        self.wire = head + b"\n\r\n" if head.endswith(b"\r") else None
+        self.keep = keep          # whether the connection stays open after it
+        self.checked = -1         # the Worker.tick of the last stat that held
+        self.date = None          # the Date line `answers` were made with
+        self.answers = {}         # keep -> the whole answer, head and body, as bytes
+
+    def encoded(self, conn):
+        """The answer's bytes for conn (its version and keep) at this
+        second's Date: made once a second, by the code of any answer."""
+        date = date_and_server()
+        if date is not self.date:
+            self.date = date
+            self.answers = {}
+        data = self.answers.get(conn.keep)
+        if data is None:
+            data = self.answers[conn.keep] = conn.head(200, self.fields) + self.body
+        return data
 
 
 def file_key(st):
@@ -2413,6 +2437,8 @@ class Worker:
         self.seq = 0
         self.returned = []        # connections threads have finished with
         self.answers = {}         # request head -> Answer (oldest first)
+        self.quick = {}           # Answer.wire -> Answer, for those that have one
+        self.tick = 0             # counts the loop's wake-ups (see holds)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = control    # pipe from the first process, or None
         self.children = {}        # pidfd -> pid of the other workers (first process)
@@ -2442,6 +2468,7 @@ class Worker:
             if timeout is None:
                 self.stop(idle=True)
                 continue
+            self.tick += 1
             for fd, event in poller.poll(timeout):
                 conn = conns.get(fd)
                 if conn is not None:
@@ -2569,6 +2596,9 @@ class Worker:
         if conn.buf:
             conn.buf += data
         else:
+            answer = self.quick.get(data)
+            if answer is not None and conn.state is READING and self.quick_answer(conn, answer):
+                return
             conn.buf = data
         if conn.state is BODY:
             conn.body_received += len(data)
@@ -2607,6 +2637,9 @@ class Worker:
             conn.blank = 0
             answer = self.answers.get(head)
             if answer is not None and self.replay(conn, head, answer):
+                queued = len(conn.out[-1])
+                while queued < PIPELINE_BYTES and self.replay_next(conn):
+                    queued += len(conn.out[-1])
                 conn.state = WRITING
                 self.write(conn)
             else:
@@ -2634,37 +2667,108 @@ class Worker:
             return
         answers = self.answers
         if len(answers) >= ANSWERS:
-            del answers[next(iter(answers))]          # the oldest
-        answers[head] = Answer(conn.line, request, path, st, fields,
-                               body if request.method == "GET" else b"", self.clock())
+            self.forget_answer(next(iter(answers)))   # the oldest
+        keep = request.keep_alive and bool(self.settings.keepalive_timeout)
+        answer = answers[head] = Answer(conn.line, request, path, st, fields,
+                                        body if request.method == "GET" else b"",
+                                        self.clock(), head, keep)
+        if answer.wire is not None:
+            self.quick[answer.wire] = answer
 
-    def replay(self, conn, head, answer):
-        """Answer from a remembered Answer, if it still holds; else False."""
+    def forget_answer(self, head):
+        answer = self.answers.pop(head)
+        self.quick.pop(answer.wire, None)
+
+    def holds(self, answer):
+        """Whether a remembered answer still stands: made less than
+        ANSWER_TTL ago, and its path names the same unchanged file.  One
+        stat a wake-up of the loop answers every request for it that the
+        wake-up brought."""
+        if answer.checked == self.tick:
+            return True
         if self.clock() - answer.made > ANSWER_TTL:
-            del self.answers[head]
             return False
         try:
             key = file_key(os.stat(answer.path))
         except OSError:
-            key = None
+            return False
         if key != answer.key:
-            del self.answers[head]
+            return False
+        answer.checked = self.tick
+        return True
+
+    def replay(self, conn, head, answer):
+        """Answer from a remembered Answer, if it still holds; else False."""
+        if not self.holds(answer):
+            self.forget_answer(head)
             return False
         request = answer.request
         conn.requests += 1
         conn.line, conn.request, conn.version = answer.line, request, request.version
-        if not request.keep_alive or not self.settings.keepalive_timeout or self.stopping:
+        if not answer.keep or self.stopping:
             conn.keep = False
-        date = date_and_server()
-        which = (date, conn.keep, conn.version)
-        encoded = answer.heads.get(which)
-        if encoded is None:
-            answer.heads.clear()
-            encoded = answer.heads[which] = conn.head(200, answer.fields)
+        conn.out.append(answer.encoded(conn))
         conn.status = 200
         conn.sent = len(answer.body)
-        conn.out.append(encoded + answer.body if answer.body else encoded)
         conn.pending = True
+        return True
+
+    def replay_next(self, conn):
+        """After a replay: if the next request in buf is a remembered answer
+        that holds, queue it behind (Rule 5), so that pipelined requests
+        are answered by one send; else False, having taken nothing."""
+        buf = conn.buf
+        if not buf or not conn.keep or self.stopping or buf[:1] in (b"\r", b"\n"):
+            return False
+        found = find_head_end(buf)
+        if found is None or found[0] > self.settings.max_header_size:
+            return False
+        head = buf[:found[0]]
+        answer = self.answers.get(head)
+        if answer is None or not self.holds(answer):
+            return False
+        conn.batch.append((conn.line, conn.request, conn.sent))
+        conn.buf = buf[found[1]:]
+        conn.begin()
+        return self.replay(conn, head, answer)
+
+    def quick_answer(self, conn, answer):
+        """The short way for a connection idle between requests whose recv
+        brought exactly the bytes of a request answered before (Answer.wire):
+        nothing queued, nothing before it, so the answer goes out at once in
+        one send, and the connection reads on (or closes) as after any
+        answer.  False, having done nothing, if the answer no longer holds
+        or the worker is stopping: the request then goes the whole way."""
+        if self.stopping or not self.holds(answer):
+            return False
+        request = answer.request
+        conn.requests += 1
+        conn.head_by = NO_LIMIT
+        conn.version = request.version
+        conn.unread = 0
+        if not answer.keep:
+            conn.keep = False
+        data = answer.encoded(conn)
+        try:
+            n = conn.sock.send(data)
+        except OSError:
+            n = 0                     # write() meets the error again, and says so
+        conn.line, conn.request = answer.line, request
+        conn.status, conn.sent = 200, len(answer.body)
+        if n < len(data):             # the socket is full: the general way
+            conn.out.append(data[n:])
+            conn.pending = True
+            conn.state = WRITING
+            return self.write(conn) or True
+        if not conn.log.quiet:
+            conn.log.access(conn, conn.line, request)
+        if not conn.keep:
+            self.close(conn)
+            return True
+        when = self.clock() + self.settings.keepalive_timeout
+        conn.deadline = when
+        if when < conn.timer_at:
+            self.set_deadline(conn, when)
         return True
 
     def body_wait(self, conn):
@@ -2762,6 +2866,7 @@ class Worker:
         conn.files = []
         if conn.pending:
             conn.pending = False
+            self.log_batch(conn)
             conn.log.access(conn, conn.line, conn.request)
         if not conn.keep or self.stopping:
             return self.close(conn)
@@ -2771,10 +2876,20 @@ class Worker:
         if conn.buf:
             self.advance(conn)
 
+    def log_batch(self, conn):
+        """The log lines of remembered answers queued before the last."""
+        if conn.batch:
+            current = conn.line, conn.request, conn.sent
+            for conn.line, conn.request, conn.sent in conn.batch:
+                conn.log.access(conn, conn.line, conn.request, status=200)
+            conn.batch = []
+            conn.line, conn.request, conn.sent = current
+
     def gone(self, conn, why):
         """The client left, or stalled, while its answer was written."""
         if conn.pending:
             conn.pending = False
+            self.log_batch(conn)
             conn.sent -= conn.unsent()
             conn.log.access(conn, conn.line, conn.request, status=conn.status or 499)
         conn.buf, conn.unread = b"", 0

@@ -73,6 +73,7 @@ EX_USAGE, EX_OSERR, EX_CONFIG = 64, 71, 78      # sysexits.h
 
 NO_LIMIT = float("inf")
 MAX_WAIT = 86400.0          # seconds: the longest single poll(), far below its 2**31 ms
+STOP_WAIT = 1e-6            # seconds an idle read waits once TERM came (stop_on_term)
 
 
 def _seconds(text):
@@ -931,6 +932,8 @@ class Connection:
 
     in_loop = False               # answering inside an event loop (LoopConnection)
     blocking = True               # made blocking at the start (a loop's is not)
+    idle = False                  # waiting for a request's first byte (see stop_on_term)
+    stopped = False               # TERM came: this answer is the last (stop_on_term)
 
     def __init__(self, sock, client, client_port, local, local_port, settings, log):
         self.sock = sock
@@ -973,8 +976,10 @@ class Connection:
     def recv(self, timeout, size=65536):
         """Up to size bytes (b"" at EOF); raise TimeoutError after timeout s."""
         if timeout != self.rcvtimeo:
-            self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, _timeval(timeout))
-            self.rcvtimeo = timeout
+            timeval = _timeval(timeout)
+            if not (self.stopped and self.idle):      # else STOP_WAIT stands
+                self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, timeval)
+                self.rcvtimeo = timeout
         try:
             return self.sock.recv(size)
         except (BlockingIOError, _socket.timeout):
@@ -996,8 +1001,12 @@ class Connection:
         buf = self.buf.lstrip(b"\r\n")
         deadline = None
         blank = 0                 # empty lines before a request are ignored
+        self.idle = not buf
         while not buf:
-            if deadline is not None:
+            if self.stopped:      # TERM came before this wait: wait no more
+                self.stop_waiting()
+                wait = STOP_WAIT
+            elif deadline is not None:
                 wait = deadline - time.monotonic()
             else:                 # the connection has just opened, or is idle
                 wait = settings.header_timeout if first else settings.keepalive_timeout
@@ -1015,6 +1024,7 @@ class Connection:
                 raise HttpError(400, "too many empty lines", close=True)
             if deadline is None and not buf:      # empty lines: the clock runs
                 deadline = self.head_deadline(first)
+        self.idle = False
         searched = 0
         while True:
             found = find_head_end(buf, searched)
@@ -1039,6 +1049,18 @@ class Connection:
                 raise ClientGone("EOF inside a request head")
             searched = max(len(buf) - 2, 0)
             buf = buf + data
+
+    def stop_waiting(self):
+        """A stop finds us idle: from now on a read for the next request
+        waits a microsecond, so that it returns what is already here (a
+        request is then answered) or times out (the connection closes).
+        recv() keeps that wait while the stop and the idleness last: a
+        read for the rest of a head sets its own again (see stop_on_term)."""
+        try:
+            self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, _timeval(STOP_WAIT))
+        except OSError:
+            return                # not a socket we can still read: nothing waits
+        self.rcvtimeo = STOP_WAIT
 
     def head_deadline(self, first):
         """When the head now arriving must be complete (--header-timeout)."""
@@ -1154,8 +1176,8 @@ class Connection:
         """The status line and fields of an answer, as bytes; decides (and
         says) whether the connection stays open."""
         self.status = status
-        if self.unread:
-            self.keep = False       # the body is still on the wire: close after
+        if self.unread or self.stopped:
+            self.keep = False       # the body is still on the wire, or we stop: close after
         lines = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown")),
                  date_and_server()]
         lines.extend(fields)
@@ -1650,6 +1672,8 @@ def spawn_script(script, env, stdin_fd, stderr_fd):
         raise
     finally:
         os.close(out_w)
+        if LEAVING:
+            leave_at_once()
     os.set_blocking(out_r, False)
     return pid, out_r
 
@@ -1936,9 +1960,11 @@ def wait_for_exit(pid, deadline):
     except (AttributeError, OSError):
         return True
     try:
+        poller = select.poll()
+        poller.register(pidfd, POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if select.select([pidfd], [], [], min(max(left, 0), MAX_WAIT))[0]:
+            if poller.poll(poll_ms(max(left, 0))):     # poll: a pidfd may be past 1023
                 return True
             if left <= MAX_WAIT:
                 return False
@@ -2110,6 +2136,54 @@ def serve_connection(conn):
         conn.close()
 
 
+def stop_on_term(conn):
+    """TERM while serving one connection stops it as a worker stops (see
+    Worker, Rule 4): the first lets the answer in flight finish, a head or
+    body under way included (answered with Connection: close), and closes
+    the connection after it, or at once if it is idle between requests; a
+    second leaves at once (leave_at_once).
+
+    The handler runs in our one thread, between two steps of whatever was
+    interrupted, which then goes on (PEP 475): it only sets conn.stopped
+    (the next answer's head says Connection: close and the connection
+    closes after it) and, if conn is idle, makes the wait for a next
+    request end at once (Connection.stop_waiting).  A short wait rather
+    than a shutdown of the reading side: the handler may run just after a
+    read brought the start of a request, before conn knows it is no longer
+    idle, and that request must still be read to its end and answered."""
+    import _signal
+    terms = []
+
+    def on_term(signum, frame):
+        terms.append(signum)
+        if len(terms) > 1:
+            return leave_at_once()
+        conn.log.diag("TERM: closing once the answer in flight, if any, is out")
+        conn.stopped = True
+        if conn.idle:
+            conn.stop_waiting()
+
+    _signal.signal(_signal.SIGTERM, on_term)
+
+
+LEAVING = []                # a second TERM came while a CGI program was starting
+
+
+def leave_at_once():
+    """Kill every CGI program with its process group and exit, status 0;
+    while a program is being started (CHDIR_LOCK is ours: one thread),
+    once its pid is in CGI_PIDS (spawn_script calls again)."""
+    if CHDIR_LOCK.locked():
+        LEAVING.append(True)
+        return
+    for pid in CGI_PIDS:
+        try:
+            os.killpg(pid, SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+
+
 def _clf_time(cache=[0, ""]):
     now = int(time.time())
     if cache[0] != now:
@@ -2206,7 +2280,9 @@ LOOP_BODY = 64 << 10        # most request body bytes the loop gathers in memory
 SMALL_FILE = 16 << 10       # a file answer this short goes out in one send with its head
 ACCEPT_BATCH = 1            # accepts per wake-up: one, as nginx's default, so that
                             # clients that come at once spread over the workers
-ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM
+ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM,
+                            # unless a client leaves first
+FD_SPARE = 4                # fds kept free after EMFILE, for the files of answers
 LINGER_TIME = 2.0           # seconds a closing connection drains what the peer still sends
 LINGER_BYTES = 1 << 20
 THREAD_FOLLOW = 0.05        # seconds a thread waits for its connection's next head
@@ -2430,6 +2506,8 @@ class Worker:
                                              else local)
         self.watching = False     # whether the listeners are in the poller
         self.resume_at = NO_LIMIT  # accepting paused by EMFILE and the like until then
+        self.pause_logged = -NO_LIMIT  # when such a pause was last logged
+        self.most = settings.max_connections   # clients at once; less after EMFILE
         self.conns = {}           # fd -> LoopConnection, threads' included
         import _heapq             # here: the per-connection mode needs no timers
         self.push, self.pop = _heapq.heappush, _heapq.heappop
@@ -2518,6 +2596,7 @@ class Worker:
         now = self.clock()
         if self.resume_at <= now:
             self.resume_at = NO_LIMIT
+            self.most = self.settings.max_connections     # try the limit again
             self.watch_listeners(True)
         timers = self.timers
         while timers and timers[0][0] <= now:
@@ -2545,7 +2624,7 @@ class Worker:
 
     # -- accepting ----------------------------------------------------------
     def watch_listeners(self, on):
-        on = on and not self.stopping and len(self.conns) < self.settings.max_connections \
+        on = on and not self.stopping and len(self.conns) < self.most \
             and self.resume_at == NO_LIMIT
         if on == self.watching:
             return
@@ -2559,7 +2638,7 @@ class Worker:
     def accept(self, listener, local):
         settings = self.settings
         for _ in range(ACCEPT_BATCH):
-            if len(self.conns) >= settings.max_connections:
+            if len(self.conns) >= self.most:
                 self.watch_listeners(False)
                 return
             try:
@@ -2569,10 +2648,7 @@ class Worker:
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
-                self.log.diag("accept: %s; pausing for %gs" % (exc.strerror, ACCEPT_PAUSE))
-                self.resume_at = self.clock() + ACCEPT_PAUSE
-                self.watch_listeners(False)
-                return
+                return self.pause_accepting(exc)
             sock = _socket.socket(listener.family, listener.type, 0, fd)
             sock.setblocking(False)
             host, port = endpoint(address)
@@ -2582,6 +2658,23 @@ class Worker:
             conn.head_by = conn.opened + settings.header_timeout
             self.watch(conn, EPOLLIN)
             self.set_deadline(conn, conn.head_by)
+
+    def pause_accepting(self, exc):
+        """Out of fds or memory: stop watching the listeners (new clients
+        wait in the backlog) until a client leaves or ACCEPT_PAUSE passes,
+        so that a level-triggered listener cannot spin the loop; logged at
+        most once an ACCEPT_PAUSE, however often clients come and go.  Out
+        of fds, FD_SPARE fewer clients than now are taken until the pause
+        ends, so that each has an fd for the file it asks for."""
+        now = self.clock()
+        if exc.errno == errno.EMFILE:       # clients that leave make room for new ones,
+            self.most = max(len(self.conns) - FD_SPARE, 1)   # with fds to answer them
+        if now >= self.pause_logged + ACCEPT_PAUSE:
+            self.pause_logged = now
+            self.log.diag("accept: %s; pausing for %gs or until a client leaves"
+                          % (exc.strerror, ACCEPT_PAUSE))
+        self.resume_at = now + ACCEPT_PAUSE
+        self.watch_listeners(False)
 
     # -- reading --------------------------------------------------------------
     def readable(self, conn):
@@ -3033,6 +3126,8 @@ class Worker:
             del self.conns[conn.fd]
             if not self.conns:
                 self.last = self.clock()
+        if len(self.conns) < self.most:
+            self.resume_at = NO_LIMIT     # a pause for want of fds ends: one is free
         self.watch_listeners(True)
 
     # -- stopping -------------------------------------------------------------
@@ -3175,7 +3270,9 @@ def serve_one(sock, settings, log):
         local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
     client = client or socket_end(sock.getpeername)
     local = local or socket_end(sock.getsockname)
-    serve_connection(Connection(sock, *client, *local, settings, log))
+    conn = Connection(sock, *client, *local, settings, log)
+    stop_on_term(conn)
+    serve_connection(conn)
 
 
 def named_end(env, host, port):
@@ -3194,6 +3291,21 @@ def socket_end(name):
         return "-", 0
 
 
+def raise_open_files():
+    """Raise our soft limit on open files to the hard limit, as systemd
+    advises a program that needs many: a worker holds a descriptor per
+    client, and epoll has no FD_SETSIZE, so the usual soft 1024 would
+    refuse clients long before --max-connections.  CGI programs inherit
+    the raised limit (posix_spawn cannot lower it for them)."""
+    import resource               # here: the per-connection mode does not need it
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass                  # as it was: accept() pauses at the limit
+
+
 def serve_listeners(listeners, settings, log):
     """Accept for ourselves in --workers processes, each one Worker loop.
 
@@ -3207,6 +3319,7 @@ def serve_listeners(listeners, settings, log):
     (and is a graceful stop), rather than killing a half-started worker."""
     import _signal
     _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+    raise_open_files()
     for sock in listeners:
         sock.setblocking(False)
     workers = []                      # (pid, the write end of its pipe)

@@ -2419,7 +2419,7 @@ class Answer:
     A head that ends in CRLF also has a `wire` key: the exact bytes of the
     whole request (head and blank line), so that a recv that brings just
     those bytes is answered without being searched or split
-    (Worker.quick)."""
+    (Worker.quick_answer)."""
 
     __slots__ = ("line", "request", "path", "key", "fields", "body", "made",
                  "wire", "keep", "checked", "date", "answers")
@@ -2490,7 +2490,9 @@ class Worker:
             at once, answers in flight finished, then each closed; a second
             TERM (or "h") kills the CGI programs and leaves at once.
     Rule 5: answers leave in request order: a pipelined request is read
-            from buf only once the answer before it is written.
+            from buf only once the answer before it is written, except
+            remembered answers (Answer), which are queued together, up to
+            PIPELINE_BYTES, and written by one send.
     """
 
     def __init__(self, listeners, settings, log, control=None, children=(),

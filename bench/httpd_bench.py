@@ -37,6 +37,7 @@ Contenders (each started once, on a port the kernel picks where it can):
                       bench picks a free port: a benign race, bench code only)
     nginx             nginx, the ceiling (files only; handed a socket bound
                       here through its NGINX variable)
+    nginx-ofc         the same with open_file_cache (max=1000, valid 1 s)
 
 Rounds interleave the contenders, load by load (keep-alive: A B C, new-conn:
 A B C, ...; then the next round), so that the figures a round's ratios
@@ -297,6 +298,7 @@ class MiniHttpd(Contender):
 class Nginx(Contender):
     name = "nginx"
     loads = ("keep-alive", "new-conn")
+    extra = ""                    # more of the http block
 
     def start(self):
         listener = socket.socket()
@@ -308,11 +310,11 @@ class Nginx(Contender):
             "daemon off;\nmaster_process on;\nworker_processes auto;\npid %s/nginx.pid;\n"
             "error_log %s/error.log;\nevents { worker_connections 4096; }\n"
             "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
-            "  keepalive_requests 1000000;\n  default_type application/octet-stream;\n"
+            "  keepalive_requests 1000000;\n  default_type application/octet-stream;\n%s"
             "  client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;\n"
             "  uwsgi_temp_path %s; scgi_temp_path %s;\n"
             "  server { listen 127.0.0.1:%d; root %s; }\n}\n"
-            % (self.dir, self.dir, *[self.dir] * 5, self.port, self.site))
+            % (self.dir, self.dir, self.extra, *[self.dir] * 5, self.port, self.site))
         env = dict(os.environ, NGINX="%d;" % listener.fileno())
         proc = self.popen([need("nginx"), "-c", conf, "-p", self.dir], env=env,
                           pass_fds=(listener.fileno(),))
@@ -320,9 +322,17 @@ class Nginx(Contender):
         wait_for(lambda: (self.dir / "nginx.pid").exists(), self.name, proc, timeout=15.0)
 
 
+class NginxCached(Nginx):
+    """nginx with its open file cache, the counterpart of superd-httpd's
+    remembered answers: open descriptors and stat results are kept, and
+    checked again at most once a second."""
+    name = "nginx-ofc"
+    extra = "  open_file_cache max=1000 inactive=20s;\n  open_file_cache_valid 1s;\n"
+
+
 KINDS = [Superd, SuperdOld, SuperdPreload, SuperdPreloadOld, SuperdWait, SuperdWaitOld,
          Listen, ListenOld, ListenOneWorker, HttpServer, Busybox, BusyboxInetd, MiniHttpd,
-         Nginx]
+         Nginx, NginxCached]
 OLD_TWIN = {"superd": "superd-old", "superd-preload": "superd-preload-old",
             "superd-wait": "superd-wait-old", "listen": "listen-old",
             "listen-w1": "listen-old"}

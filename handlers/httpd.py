@@ -2839,6 +2839,7 @@ class Worker:
         request = answer.request
         conn.requests += 1
         conn.head_by = NO_LIMIT
+        conn.blank = 0                # empty lines before it are forgiven, as in advance()
         conn.version = request.version
         conn.unread = 0
         if not answer.keep:

@@ -171,3 +171,17 @@ def test_a_head_like_a_remembered_one_is_not_taken_for_it(worker):
         assert reader.response("HEAD").header("content-length") == "26"
         sock.sendall(wire)
         assert reader.response().body == ALPHA
+
+
+def test_empty_lines_between_remembered_answers_do_not_add_up(worker):
+    """An empty line after each request (as some clients send after a
+    body) is forgiven request by request, however many requests come."""
+    port, log, site = worker
+    with connect(port) as sock:
+        reader = Reader(sock)
+        for _ in range(40):
+            sock.sendall(request("/alpha.txt"))
+            assert reader.response().body == ALPHA
+            sock.sendall(b"\r\n" * 150)          # 300 bytes; 40 times is past --max-line
+        sock.sendall(request("/alpha.txt"))
+        assert reader.response().body == ALPHA

@@ -2124,7 +2124,9 @@ def read_and_answer(conn):
 
 def serve_connection(conn):
     """The keep-alive loop: read a request, answer it, log it; until the
-    client leaves, a timeout passes, or a request asks for (or forces) close."""
+    client leaves, a timeout passes, a request asks for (or forces) close,
+    or TERM stops it (stop_on_term, for the while it serves)."""
+    previous = stop_on_term(conn)
     try:
         while conn.keep:
             conn.begin()
@@ -2134,6 +2136,9 @@ def serve_connection(conn):
         conn.buf, conn.unread = b"", 0          # the peer is gone: no lingering
     finally:
         conn.close()
+        if previous is not None:
+            import _signal
+            _signal.signal(_signal.SIGTERM, previous)
 
 
 def stop_on_term(conn):
@@ -2150,7 +2155,9 @@ def stop_on_term(conn):
     request end at once (Connection.stop_waiting).  A short wait rather
     than a shutdown of the reading side: the handler may run just after a
     read brought the start of a request, before conn knows it is no longer
-    idle, and that request must still be read to its end and answered."""
+    idle, and that request must still be read to its end and answered.
+    Returns the TERM handler it replaced, or None where it cannot set one
+    (a thread other than the main one)."""
     import _signal
     terms = []
 
@@ -2163,7 +2170,10 @@ def stop_on_term(conn):
         if conn.idle:
             conn.stop_waiting()
 
-    _signal.signal(_signal.SIGTERM, on_term)
+    try:
+        return _signal.signal(_signal.SIGTERM, on_term)
+    except ValueError:
+        return None
 
 
 LEAVING = []                # a second TERM came while a CGI program was starting
@@ -2461,6 +2471,21 @@ def answer_current(conn):
 
 def refuse(conn, exc):
     raise exc
+
+
+def raise_open_files():
+    """Raise our soft limit on open files to the hard limit, as systemd
+    advises a program that needs many: a worker holds a descriptor per
+    client, and epoll has no FD_SETSIZE, so the usual soft 1024 would
+    refuse clients long before --max-connections.  CGI programs inherit
+    the raised limit (posix_spawn cannot lower it for them)."""
+    import resource               # here: the per-connection mode does not need it
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass                  # as it was: accept() pauses at the limit
 
 
 def _ignore_signal(signum, frame):
@@ -3273,9 +3298,7 @@ def serve_one(sock, settings, log):
         local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
     client = client or socket_end(sock.getpeername)
     local = local or socket_end(sock.getsockname)
-    conn = Connection(sock, *client, *local, settings, log)
-    stop_on_term(conn)
-    serve_connection(conn)
+    serve_connection(Connection(sock, *client, *local, settings, log))
 
 
 def named_end(env, host, port):
@@ -3292,21 +3315,6 @@ def socket_end(name):
         return endpoint(name())
     except OSError:
         return "-", 0
-
-
-def raise_open_files():
-    """Raise our soft limit on open files to the hard limit, as systemd
-    advises a program that needs many: a worker holds a descriptor per
-    client, and epoll has no FD_SETSIZE, so the usual soft 1024 would
-    refuse clients long before --max-connections.  CGI programs inherit
-    the raised limit (posix_spawn cannot lower it for them)."""
-    import resource               # here: the per-connection mode does not need it
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError):
-            pass                  # as it was: accept() pauses at the limit
 
 
 def serve_listeners(listeners, settings, log):

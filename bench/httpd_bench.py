@@ -37,6 +37,7 @@ Contenders (each started once, on a port the kernel picks where it can):
                       bench picks a free port: a benign race, bench code only)
     nginx             nginx, the ceiling (files only; handed a socket bound
                       here through its NGINX variable)
+    nginx-ofc         the same with open_file_cache (max=1000, valid 1 s)
 
 Rounds interleave the contenders, load by load (keep-alive: A B C, new-conn:
 A B C, ...; then the next round), so that the figures a round's ratios
@@ -297,6 +298,7 @@ class MiniHttpd(Contender):
 class Nginx(Contender):
     name = "nginx"
     loads = ("keep-alive", "new-conn")
+    extra = ""                    # more of the http block
 
     def start(self):
         listener = socket.socket()
@@ -308,11 +310,11 @@ class Nginx(Contender):
             "daemon off;\nmaster_process on;\nworker_processes auto;\npid %s/nginx.pid;\n"
             "error_log %s/error.log;\nevents { worker_connections 4096; }\n"
             "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n"
-            "  keepalive_requests 1000000;\n  default_type application/octet-stream;\n"
+            "  keepalive_requests 1000000;\n  default_type application/octet-stream;\n%s"
             "  client_body_temp_path %s; proxy_temp_path %s; fastcgi_temp_path %s;\n"
             "  uwsgi_temp_path %s; scgi_temp_path %s;\n"
             "  server { listen 127.0.0.1:%d; root %s; }\n}\n"
-            % (self.dir, self.dir, *[self.dir] * 5, self.port, self.site))
+            % (self.dir, self.dir, self.extra, *[self.dir] * 5, self.port, self.site))
         env = dict(os.environ, NGINX="%d;" % listener.fileno())
         proc = self.popen([need("nginx"), "-c", conf, "-p", self.dir], env=env,
                           pass_fds=(listener.fileno(),))
@@ -320,9 +322,17 @@ class Nginx(Contender):
         wait_for(lambda: (self.dir / "nginx.pid").exists(), self.name, proc, timeout=15.0)
 
 
+class NginxCached(Nginx):
+    """nginx with its open file cache, the counterpart of superd-httpd's
+    remembered answers: open descriptors and stat results are kept, and
+    checked again at most once a second."""
+    name = "nginx-ofc"
+    extra = "  open_file_cache max=1000 inactive=20s;\n  open_file_cache_valid 1s;\n"
+
+
 KINDS = [Superd, SuperdOld, SuperdPreload, SuperdPreloadOld, SuperdWait, SuperdWaitOld,
          Listen, ListenOld, ListenOneWorker, HttpServer, Busybox, BusyboxInetd, MiniHttpd,
-         Nginx]
+         Nginx, NginxCached]
 OLD_TWIN = {"superd": "superd-old", "superd-preload": "superd-preload-old",
             "superd-wait": "superd-wait-old", "listen": "listen-old",
             "listen-w1": "listen-old"}
@@ -354,10 +364,31 @@ def wrk(url, load, conns, duration, cpu, threads=1):
         argv = ["taskset", "-c", cpu] + argv
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rate": rate, "non2xx": int(bad.group(1)) if bad else 0,
+    return {"rate": rate, "requests": count, "non2xx": int(bad.group(1)) if bad else 0,
             "errors": errors.group(1) if errors else ""}
+
+
+def tree_cpu(contender):
+    """CPU seconds (user and system) of a contender's processes so far:
+    each live one's own and its reaped children's (handlers, CGI programs)."""
+    procs = getattr(contender, "procs", None) or [contender.proc]
+    total = 0.0
+    for proc in procs:
+        try:
+            root = psutil.Process(proc.pid)
+            family = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for member in family:
+            try:
+                t = member.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def check(contender, load):
@@ -419,6 +450,8 @@ def main():
     parser.add_argument("--patience", type=float, default=5.0,
                         help="seconds to wait for a quiet machine before each load")
     parser.add_argument("--only", help="comma-separated contender names")
+    parser.add_argument("--loads", default=",".join(LOADS),
+                        help="comma-separated loads (default: all of %s)" % ", ".join(LOADS))
     parser.add_argument("--pin", action="store_true",
                         help="servers on the first CPUs, wrk on the last")
     args = parser.parse_args()
@@ -430,6 +463,7 @@ def main():
         server_cpus = ",".join(map(str, cpus[:-1]))
         load_cpu = str(cpus[-1])
     kinds = [k for k in KINDS if not args.only or k.name in args.only.split(",")]
+    loads = [load for load in LOADS if load in args.loads.split(",")]
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="httpd-", dir=OUT))
     work.chmod(0o755)                 # nginx's workers run as another user
@@ -444,22 +478,25 @@ def main():
             contender.start()
             started.append(contender)
             for load in contender.loads:
-                check(contender, load)
+                if load in loads:
+                    check(contender, load)
             log("started", contender.name)
         for rnd in range(args.rounds):
             # load by load, every contender in turn: the ratios of a round
             # compare figures measured seconds apart, not minutes
-            for load, contender in [(load, c) for load in LOADS for c in started
+            for load, contender in [(load, c) for load in loads for c in started
                                     if load in c.loads]:
                 busy = not quiet(args.patience)
                 conns = args.new_conn_c if load.endswith("new-conn") else args.connections
+                before = tree_cpu(contender)
                 res = wrk(contender.url(load), load, conns, args.duration, load_cpu,
                           args.threads)
+                res["cpu_us"] = (tree_cpu(contender) - before) * 1e6 / max(res["requests"], 1)
                 res["load1"] = os.getloadavg()[0]
                 res["busy"] = busy
                 runs.setdefault((contender.name, load), []).append(res)
-                log("round %d %-18s %-13s %8.0f req/s load %.2f%s %s" % (
-                    rnd + 1, contender.name, load, res["rate"], res["load1"],
+                log("round %d %-18s %-13s %8.0f req/s %6.0f µs CPU/req load %.2f%s %s" % (
+                    rnd + 1, contender.name, load, res["rate"], res["cpu_us"], res["load1"],
                     " (busy)" if busy else "", res["errors"]))
         boot = startup(work, site)
     finally:
@@ -468,16 +505,29 @@ def main():
     report(runs, boot, args, started, server_cpus, load_cpu)
 
 
-def ratio(runs, name, other, load):
-    """Median of per-round ratios name/other for load, or None."""
+def ratios(runs, name, other, load):
+    """The per-round ratios name/other for load (empty if either is missing)."""
     got, base = runs.get((name, load)), runs.get((other, load))
     if not got or not base:
-        return None
-    return statistics.median(r["rate"] / b["rate"] for r, b in zip(got, base))
+        return []
+    return [r["rate"] / b["rate"] for r, b in zip(got, base)]
 
 
-def shown(value):
-    return "" if value is None else "%.2f" % value
+def cpu_ratios(runs, name, load):
+    """Per round, nginx's CPU per request over this contender's."""
+    got, base = runs.get((name, load)), runs.get(("nginx", load))
+    if not got or not base:
+        return []
+    return [b["cpu_us"] / r["cpu_us"] for r, b in zip(got, base) if r["cpu_us"] > 0]
+
+
+def shown(values):
+    """A ratio's median and, over several rounds, its range."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return "%.2f" % values[0]
+    return "%.2f (%.2f–%.2f)" % (statistics.median(values), min(values), max(values))
 
 
 def report(runs, boot, args, started, server_cpus, load_cpu):
@@ -495,20 +545,26 @@ def report(runs, boot, args, started, server_cpus, load_cpu):
                  busy, len(loads1)), ""]
     for load in LOADS:
         ref = REFS[load]
+        if not any(runs.get((name, load)) for name in names):
+            continue
         lines += ["## %s" % load, "",
-                  "| contender | req/s | × nginx | × old handler | × %s | errors |" % ref,
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+                  "| contender | req/s | min–max | × nginx | × old handler | × %s "
+                  "| CPU µs/req | nginx CPU/req ÷ its | errors |" % ref,
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for name in names:
             got = runs.get((name, load))
             if not got:
                 continue
-            median = statistics.median(r["rate"] for r in got)
+            rates = [r["rate"] for r in got]
             errors = "; ".join(sorted({r["errors"] for r in got if r["errors"]}
                                       | {"non-2xx %d" % r["non2xx"] for r in got if r["non2xx"]}))
-            lines.append("| %s | %.0f | %s | %s | %s | %s |" % (
-                name, median, shown(ratio(runs, name, "nginx", load)),
-                shown(ratio(runs, name, OLD_TWIN[name], load)) if name in OLD_TWIN else "",
-                shown(ratio(runs, name, ref, load)), errors))
+            cpu = [r["cpu_us"] for r in got]
+            lines.append("| %s | %.0f | %.0f–%.0f | %s | %s | %s | %.0f | %s | %s |" % (
+                name, statistics.median(rates), min(rates), max(rates),
+                shown(ratios(runs, name, "nginx", load)),
+                shown(ratios(runs, name, OLD_TWIN[name], load)) if name in OLD_TWIN else "",
+                shown(ratios(runs, name, ref, load)), statistics.median(cpu),
+                shown(cpu_ratios(runs, name, load)), errors))
         lines.append("")
     lines += ["## start-up (one request from a fresh interpreter, median ms)", "",
               "| run | ms | over bare |", "| --- | ---: | ---: |"]

@@ -73,6 +73,7 @@ EX_USAGE, EX_OSERR, EX_CONFIG = 64, 71, 78      # sysexits.h
 
 NO_LIMIT = float("inf")
 MAX_WAIT = 86400.0          # seconds: the longest single poll(), far below its 2**31 ms
+STOP_WAIT = 1e-6            # seconds an idle read waits once TERM came (stop_on_term)
 
 
 def _seconds(text):
@@ -931,6 +932,8 @@ class Connection:
 
     in_loop = False               # answering inside an event loop (LoopConnection)
     blocking = True               # made blocking at the start (a loop's is not)
+    idle = False                  # waiting for a request's first byte (see stop_on_term)
+    stopped = False               # TERM came: this answer is the last (stop_on_term)
 
     def __init__(self, sock, client, client_port, local, local_port, settings, log):
         self.sock = sock
@@ -973,8 +976,10 @@ class Connection:
     def recv(self, timeout, size=65536):
         """Up to size bytes (b"" at EOF); raise TimeoutError after timeout s."""
         if timeout != self.rcvtimeo:
-            self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, _timeval(timeout))
-            self.rcvtimeo = timeout
+            timeval = _timeval(timeout)
+            if not (self.stopped and self.idle):      # else STOP_WAIT stands
+                self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, timeval)
+                self.rcvtimeo = timeout
         try:
             return self.sock.recv(size)
         except (BlockingIOError, _socket.timeout):
@@ -996,8 +1001,12 @@ class Connection:
         buf = self.buf.lstrip(b"\r\n")
         deadline = None
         blank = 0                 # empty lines before a request are ignored
+        self.idle = not buf
         while not buf:
-            if deadline is not None:
+            if self.stopped:      # TERM came before this wait: wait no more
+                self.stop_waiting()
+                wait = STOP_WAIT
+            elif deadline is not None:
                 wait = deadline - time.monotonic()
             else:                 # the connection has just opened, or is idle
                 wait = settings.header_timeout if first else settings.keepalive_timeout
@@ -1015,6 +1024,7 @@ class Connection:
                 raise HttpError(400, "too many empty lines", close=True)
             if deadline is None and not buf:      # empty lines: the clock runs
                 deadline = self.head_deadline(first)
+        self.idle = False
         searched = 0
         while True:
             found = find_head_end(buf, searched)
@@ -1039,6 +1049,18 @@ class Connection:
                 raise ClientGone("EOF inside a request head")
             searched = max(len(buf) - 2, 0)
             buf = buf + data
+
+    def stop_waiting(self):
+        """A stop finds us idle: from now on a read for the next request
+        waits a microsecond, so that it returns what is already here (a
+        request is then answered) or times out (the connection closes).
+        recv() keeps that wait while the stop and the idleness last: a
+        read for the rest of a head sets its own again (see stop_on_term)."""
+        try:
+            self.sock.setsockopt(SOL_SOCKET, _socket.SO_RCVTIMEO, _timeval(STOP_WAIT))
+        except OSError:
+            return                # not a socket we can still read: nothing waits
+        self.rcvtimeo = STOP_WAIT
 
     def head_deadline(self, first):
         """When the head now arriving must be complete (--header-timeout)."""
@@ -1154,8 +1176,8 @@ class Connection:
         """The status line and fields of an answer, as bytes; decides (and
         says) whether the connection stays open."""
         self.status = status
-        if self.unread:
-            self.keep = False       # the body is still on the wire: close after
+        if self.unread or self.stopped:
+            self.keep = False       # the body is still on the wire, or we stop: close after
         lines = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown")),
                  date_and_server()]
         lines.extend(fields)
@@ -1650,6 +1672,8 @@ def spawn_script(script, env, stdin_fd, stderr_fd):
         raise
     finally:
         os.close(out_w)
+        if LEAVING:
+            leave_at_once()
     os.set_blocking(out_r, False)
     return pid, out_r
 
@@ -1936,9 +1960,11 @@ def wait_for_exit(pid, deadline):
     except (AttributeError, OSError):
         return True
     try:
+        poller = select.poll()
+        poller.register(pidfd, POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if select.select([pidfd], [], [], min(max(left, 0), MAX_WAIT))[0]:
+            if poller.poll(poll_ms(max(left, 0))):     # poll: a pidfd may be past 1023
                 return True
             if left <= MAX_WAIT:
                 return False
@@ -2098,7 +2124,9 @@ def read_and_answer(conn):
 
 def serve_connection(conn):
     """The keep-alive loop: read a request, answer it, log it; until the
-    client leaves, a timeout passes, or a request asks for (or forces) close."""
+    client leaves, a timeout passes, a request asks for (or forces) close,
+    or TERM stops it (stop_on_term, for the while it serves)."""
+    previous = stop_on_term(conn)
     try:
         while conn.keep:
             conn.begin()
@@ -2108,6 +2136,62 @@ def serve_connection(conn):
         conn.buf, conn.unread = b"", 0          # the peer is gone: no lingering
     finally:
         conn.close()
+        if previous is not None:
+            import _signal
+            _signal.signal(_signal.SIGTERM, previous)
+
+
+def stop_on_term(conn):
+    """TERM while serving one connection stops it as a worker stops (see
+    Worker, Rule 4): the first lets the answer in flight finish, a head or
+    body under way included (answered with Connection: close), and closes
+    the connection after it, or at once if it is idle between requests; a
+    second leaves at once (leave_at_once).
+
+    The handler runs in our one thread, between two steps of whatever was
+    interrupted, which then goes on (PEP 475): it only sets conn.stopped
+    (the next answer's head says Connection: close and the connection
+    closes after it) and, if conn is idle, makes the wait for a next
+    request end at once (Connection.stop_waiting).  A short wait rather
+    than a shutdown of the reading side: the handler may run just after a
+    read brought the start of a request, before conn knows it is no longer
+    idle, and that request must still be read to its end and answered.
+    Returns the TERM handler it replaced, or None where it cannot set one
+    (a thread other than the main one)."""
+    import _signal
+    terms = []
+
+    def on_term(signum, frame):
+        terms.append(signum)
+        if len(terms) > 1:
+            return leave_at_once()
+        conn.log.diag("TERM: closing once the answer in flight, if any, is out")
+        conn.stopped = True
+        if conn.idle:
+            conn.stop_waiting()
+
+    try:
+        return _signal.signal(_signal.SIGTERM, on_term)
+    except ValueError:
+        return None
+
+
+LEAVING = []                # a second TERM came while a CGI program was starting
+
+
+def leave_at_once():
+    """Kill every CGI program with its process group and exit, status 0;
+    while a program is being started (CHDIR_LOCK is ours: one thread),
+    once its pid is in CGI_PIDS (spawn_script calls again)."""
+    if CHDIR_LOCK.locked():
+        LEAVING.append(True)
+        return
+    for pid in CGI_PIDS:
+        try:
+            os.killpg(pid, SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
 
 
 def _clf_time(cache=[0, ""]):
@@ -2184,7 +2268,9 @@ LOOP_BODY = 64 << 10        # most request body bytes the loop gathers in memory
 SMALL_FILE = 16 << 10       # a file answer this short goes out in one send with its head
 ACCEPT_BATCH = 1            # accepts per wake-up: one, as nginx's default, so that
                             # clients that come at once spread over the workers
-ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM
+ACCEPT_PAUSE = 1.0          # seconds without accepting after EMFILE, ENFILE, ENOMEM,
+                            # unless a client leaves first
+FD_SPARE = 4                # fds kept free after EMFILE, for the files of answers
 LINGER_TIME = 2.0           # seconds a closing connection drains what the peer still sends
 LINGER_BYTES = 1 << 20
 THREAD_FOLLOW = 0.05        # seconds a thread waits for its connection's next head
@@ -2217,6 +2303,7 @@ class LoopConnection(Connection):
         self.head_by = NO_LIMIT   # when the head now arriving must be complete
         self.blank = 0            # empty lines before the current request
         self.pending = False      # an access-log line waits for out to drain
+        self.batch = []           # (line, request, sent) of answers queued before it
         self.closed = False
         self.noted = None         # (path, stat, fields, body) of a small file answer
         self.body_started = self.body_received = 0
@@ -2304,6 +2391,7 @@ UNCACHED_FIELDS = frozenset(("range", "if-range", "if-match", "if-none-match",
                              "if-modified-since", "if-unmodified-since", "expect"))
 ANSWERS = 256               # most answers a Worker remembers
 ANSWER_TTL = 1.0            # seconds before a remembered answer is resolved afresh
+PIPELINE_BYTES = 64 << 10   # remembered answers to pipelined requests queued at once
 
 
 class Answer:
@@ -2314,11 +2402,17 @@ class Answer:
     same unchanged file (inode, size, mtime and ctime).  Every ANSWER_TTL
     seconds the request goes the whole way again, so that a file that
     appears beside it (page.txt.gz) or a moved link is noticed (Rule 3
-    holds: the bytes kept are those a full resolve chose)."""
+    holds: the bytes kept are those a full resolve chose).
 
-    __slots__ = ("line", "request", "path", "key", "fields", "body", "made", "heads")
+    A head that ends in CRLF also has a `wire` key: the exact bytes of the
+    whole request (head and blank line), so that a recv that brings just
+    those bytes is answered without being searched or split
+    (Worker.quick_answer)."""
 
-    def __init__(self, line, request, path, st, fields, body, made):
+    __slots__ = ("line", "request", "path", "key", "fields", "body", "made",
+                 "wire", "keep", "checked", "date", "answers")
+
+    def __init__(self, line, request, path, st, fields, body, made, head, keep):
         self.line = line
         self.request = request
         self.path = path
@@ -2326,7 +2420,23 @@ class Answer:
         self.fields = fields
         self.body = body
         self.made = made
-        self.heads = {}           # (Date line, keep, version) -> the encoded head
+        self.wire = head + b"\n\r\n" if head.endswith(b"\r") else None
+        self.keep = keep          # whether the connection stays open after it
+        self.checked = -1         # the Worker.tick of the last stat that held
+        self.date = None          # the Date line `answers` were made with
+        self.answers = {}         # keep -> the whole answer, head and body, as bytes
+
+    def encoded(self, conn):
+        """The answer's bytes for conn (its version and keep) at this
+        second's Date: made once a second, by the code of any answer."""
+        date = date_and_server()
+        if date is not self.date:
+            self.date = date
+            self.answers = {}
+        data = self.answers.get(conn.keep)
+        if data is None:
+            data = self.answers[conn.keep] = conn.head(200, self.fields) + self.body
+        return data
 
 
 def file_key(st):
@@ -2339,6 +2449,21 @@ def answer_current(conn):
 
 def refuse(conn, exc):
     raise exc
+
+
+def raise_open_files():
+    """Raise our soft limit on open files to the hard limit, as systemd
+    advises a program that needs many: a worker holds a descriptor per
+    client, and epoll has no FD_SETSIZE, so the usual soft 1024 would
+    refuse clients long before --max-connections.  CGI programs inherit
+    the raised limit (posix_spawn cannot lower it for them)."""
+    import resource               # here: the per-connection mode does not need it
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass                  # as it was: accept() pauses at the limit
 
 
 def _ignore_signal(signum, frame):
@@ -2368,7 +2493,9 @@ class Worker:
             at once, answers in flight finished, then each closed; a second
             TERM (or "h") kills the CGI programs and leaves at once.
     Rule 5: answers leave in request order: a pipelined request is read
-            from buf only once the answer before it is written.
+            from buf only once the answer before it is written, except
+            remembered answers (Answer), which are queued together, up to
+            PIPELINE_BYTES, and written by one send.
     """
 
     def __init__(self, listeners, settings, log, control=None, children=(),
@@ -2384,6 +2511,8 @@ class Worker:
                                              else local)
         self.watching = False     # whether the listeners are in the poller
         self.resume_at = NO_LIMIT  # accepting paused by EMFILE and the like until then
+        self.pause_logged = -NO_LIMIT  # when such a pause was last logged
+        self.most = settings.max_connections   # clients at once; less after EMFILE
         self.conns = {}           # fd -> LoopConnection, threads' included
         import _heapq             # here: the per-connection mode needs no timers
         self.push, self.pop = _heapq.heappush, _heapq.heappop
@@ -2391,6 +2520,8 @@ class Worker:
         self.seq = 0
         self.returned = []        # connections threads have finished with
         self.answers = {}         # request head -> Answer (oldest first)
+        self.quick = {}           # Answer.wire -> Answer, for those that have one
+        self.tick = 0             # counts the loop's wake-ups (see holds)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = control    # pipe from the first process, or None
         self.children = {}        # pidfd -> pid of the other workers (first process)
@@ -2420,6 +2551,7 @@ class Worker:
             if timeout is None:
                 self.stop(idle=True)
                 continue
+            self.tick += 1
             for fd, event in poller.poll(timeout):
                 conn = conns.get(fd)
                 if conn is not None:
@@ -2469,6 +2601,7 @@ class Worker:
         now = self.clock()
         if self.resume_at <= now:
             self.resume_at = NO_LIMIT
+            self.most = self.settings.max_connections     # try the limit again
             self.watch_listeners(True)
         timers = self.timers
         while timers and timers[0][0] <= now:
@@ -2496,7 +2629,7 @@ class Worker:
 
     # -- accepting ----------------------------------------------------------
     def watch_listeners(self, on):
-        on = on and not self.stopping and len(self.conns) < self.settings.max_connections \
+        on = on and not self.stopping and len(self.conns) < self.most \
             and self.resume_at == NO_LIMIT
         if on == self.watching:
             return
@@ -2510,7 +2643,7 @@ class Worker:
     def accept(self, listener, local):
         settings = self.settings
         for _ in range(ACCEPT_BATCH):
-            if len(self.conns) >= settings.max_connections:
+            if len(self.conns) >= self.most:
                 self.watch_listeners(False)
                 return
             try:
@@ -2520,10 +2653,7 @@ class Worker:
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     raise
-                self.log.diag("accept: %s; pausing for %gs" % (exc.strerror, ACCEPT_PAUSE))
-                self.resume_at = self.clock() + ACCEPT_PAUSE
-                self.watch_listeners(False)
-                return
+                return self.pause_accepting(exc)
             sock = _socket.socket(listener.family, listener.type, 0, fd)
             sock.setblocking(False)
             host, port = endpoint(address)
@@ -2533,6 +2663,23 @@ class Worker:
             conn.head_by = conn.opened + settings.header_timeout
             self.watch(conn, EPOLLIN)
             self.set_deadline(conn, conn.head_by)
+
+    def pause_accepting(self, exc):
+        """Out of fds or memory: stop watching the listeners (new clients
+        wait in the backlog) until a client leaves or ACCEPT_PAUSE passes,
+        so that a level-triggered listener cannot spin the loop; logged at
+        most once an ACCEPT_PAUSE, however often clients come and go.  Out
+        of fds, FD_SPARE fewer clients than now are taken until the pause
+        ends, so that each has an fd for the file it asks for."""
+        now = self.clock()
+        if exc.errno == errno.EMFILE:       # clients that leave make room for new ones,
+            self.most = max(len(self.conns) - FD_SPARE, 1)   # with fds to answer them
+        if now >= self.pause_logged + ACCEPT_PAUSE:
+            self.pause_logged = now
+            self.log.diag("accept: %s; pausing for %gs or until a client leaves"
+                          % (exc.strerror, ACCEPT_PAUSE))
+        self.resume_at = now + ACCEPT_PAUSE
+        self.watch_listeners(False)
 
     # -- reading --------------------------------------------------------------
     def readable(self, conn):
@@ -2547,6 +2694,9 @@ class Worker:
         if conn.buf:
             conn.buf += data
         else:
+            answer = self.quick.get(data)
+            if answer is not None and conn.state is READING and self.quick_answer(conn, answer):
+                return
             conn.buf = data
         if conn.state is BODY:
             conn.body_received += len(data)
@@ -2585,6 +2735,9 @@ class Worker:
             conn.blank = 0
             answer = self.answers.get(head)
             if answer is not None and self.replay(conn, head, answer):
+                queued = len(conn.out[-1])
+                while queued < PIPELINE_BYTES and self.replay_next(conn):
+                    queued += len(conn.out[-1])
                 conn.state = WRITING
                 self.write(conn)
             else:
@@ -2612,37 +2765,109 @@ class Worker:
             return
         answers = self.answers
         if len(answers) >= ANSWERS:
-            del answers[next(iter(answers))]          # the oldest
-        answers[head] = Answer(conn.line, request, path, st, fields,
-                               body if request.method == "GET" else b"", self.clock())
+            self.forget_answer(next(iter(answers)))   # the oldest
+        keep = request.keep_alive and bool(self.settings.keepalive_timeout)
+        answer = answers[head] = Answer(conn.line, request, path, st, fields,
+                                        body if request.method == "GET" else b"",
+                                        self.clock(), head, keep)
+        if answer.wire is not None:
+            self.quick[answer.wire] = answer
 
-    def replay(self, conn, head, answer):
-        """Answer from a remembered Answer, if it still holds; else False."""
+    def forget_answer(self, head):
+        answer = self.answers.pop(head)
+        self.quick.pop(answer.wire, None)
+
+    def holds(self, answer):
+        """Whether a remembered answer still stands: made less than
+        ANSWER_TTL ago, and its path names the same unchanged file.  One
+        stat a wake-up of the loop answers every request for it that the
+        wake-up brought."""
+        if answer.checked == self.tick:
+            return True
         if self.clock() - answer.made > ANSWER_TTL:
-            del self.answers[head]
             return False
         try:
             key = file_key(os.stat(answer.path))
         except OSError:
-            key = None
+            return False
         if key != answer.key:
-            del self.answers[head]
+            return False
+        answer.checked = self.tick
+        return True
+
+    def replay(self, conn, head, answer):
+        """Answer from a remembered Answer, if it still holds; else False."""
+        if not self.holds(answer):
+            self.forget_answer(head)
             return False
         request = answer.request
         conn.requests += 1
         conn.line, conn.request, conn.version = answer.line, request, request.version
-        if not request.keep_alive or not self.settings.keepalive_timeout or self.stopping:
+        if not answer.keep or self.stopping:
             conn.keep = False
-        date = date_and_server()
-        which = (date, conn.keep, conn.version)
-        encoded = answer.heads.get(which)
-        if encoded is None:
-            answer.heads.clear()
-            encoded = answer.heads[which] = conn.head(200, answer.fields)
+        conn.out.append(answer.encoded(conn))
         conn.status = 200
         conn.sent = len(answer.body)
-        conn.out.append(encoded + answer.body if answer.body else encoded)
         conn.pending = True
+        return True
+
+    def replay_next(self, conn):
+        """After a replay: if the next request in buf is a remembered answer
+        that holds, queue it behind (Rule 5), so that pipelined requests
+        are answered by one send; else False, having taken nothing."""
+        buf = conn.buf
+        if not buf or not conn.keep or self.stopping or buf[:1] in (b"\r", b"\n"):
+            return False
+        found = find_head_end(buf)
+        if found is None or found[0] > self.settings.max_header_size:
+            return False
+        head = buf[:found[0]]
+        answer = self.answers.get(head)
+        if answer is None or not self.holds(answer):
+            return False
+        conn.batch.append((conn.line, conn.request, conn.sent))
+        conn.buf = buf[found[1]:]
+        conn.begin()
+        return self.replay(conn, head, answer)
+
+    def quick_answer(self, conn, answer):
+        """The short way for a connection idle between requests whose recv
+        brought exactly the bytes of a request answered before (Answer.wire):
+        nothing queued, nothing before it, so the answer goes out at once in
+        one send, and the connection reads on (or closes) as after any
+        answer.  False, having done nothing, if the answer no longer holds
+        or the worker is stopping: the request then goes the whole way."""
+        if self.stopping or not self.holds(answer):
+            return False
+        request = answer.request
+        conn.requests += 1
+        conn.head_by = NO_LIMIT
+        conn.blank = 0                # empty lines before it are forgiven, as in advance()
+        conn.version = request.version
+        conn.unread = 0
+        if not answer.keep:
+            conn.keep = False
+        data = answer.encoded(conn)
+        try:
+            n = conn.sock.send(data)
+        except OSError:
+            n = 0                     # write() meets the error again, and says so
+        conn.line, conn.request = answer.line, request
+        conn.status, conn.sent = 200, len(answer.body)
+        if n < len(data):             # the socket is full: the general way
+            conn.out.append(data[n:])
+            conn.pending = True
+            conn.state = WRITING
+            return self.write(conn) or True
+        if not conn.log.quiet:
+            conn.log.access(conn, conn.line, request)
+        if not conn.keep:
+            self.close(conn)
+            return True
+        when = self.clock() + self.settings.keepalive_timeout
+        conn.deadline = when
+        if when < conn.timer_at:
+            self.set_deadline(conn, when)
         return True
 
     def body_wait(self, conn):
@@ -2740,6 +2965,7 @@ class Worker:
         conn.files = []
         if conn.pending:
             conn.pending = False
+            self.log_batch(conn)
             conn.log.access(conn, conn.line, conn.request)
         if not conn.keep or self.stopping:
             return self.close(conn)
@@ -2749,10 +2975,20 @@ class Worker:
         if conn.buf:
             self.advance(conn)
 
+    def log_batch(self, conn):
+        """The log lines of remembered answers queued before the last."""
+        if conn.batch:
+            current = conn.line, conn.request, conn.sent
+            for conn.line, conn.request, conn.sent in conn.batch:
+                conn.log.access(conn, conn.line, conn.request, status=200)
+            conn.batch = []
+            conn.line, conn.request, conn.sent = current
+
     def gone(self, conn, why):
         """The client left, or stalled, while its answer was written."""
         if conn.pending:
             conn.pending = False
+            self.log_batch(conn)
             conn.sent -= conn.unsent()
             conn.log.access(conn, conn.line, conn.request, status=conn.status or 499)
         conn.buf, conn.unread = b"", 0
@@ -2896,6 +3132,8 @@ class Worker:
             del self.conns[conn.fd]
             if not self.conns:
                 self.last = self.clock()
+        if len(self.conns) < self.most:
+            self.resume_at = NO_LIMIT     # a pause for want of fds ends: one is free
         self.watch_listeners(True)
 
     # -- stopping -------------------------------------------------------------
@@ -3150,6 +3388,7 @@ def serve_listeners(listeners, settings, log):
     (and is a graceful stop), rather than killing a half-started worker."""
     import _signal
     _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+    raise_open_files()
     for sock in listeners:
         sock.setblocking(False)
     workers = []                      # (pid, the write end of its pipe)

@@ -40,8 +40,9 @@ Rules this file keeps:
             HTML text and attributes, Prometheus label values, the JSON
             embedded in the page (which cannot close its <script>).
     Rule 4: start-up stays close to a bare interpreter: built-in modules at
-            the top (_socket, not socket; _json's parts, not json); threading
-            and select where first needed.
+            the top (_socket, not socket; _json's parts, not json; the kit's
+            launch block, os and stat); threading and select where first
+            needed.
 
 Sections, top to bottom:
 
@@ -52,7 +53,9 @@ Sections, top to bottom:
     5. /                the HTML page, its style and its chart script
     6. HTTP             parsing a head, the connection, the keep-alive loop
     7. --agent          HAProxy's agent check: the verdict table, the line
-    8. launch           finding the socket, one client or accepting, main
+    8. launch           the kit's launch block (handlers/kit.py's, pasted
+                        verbatim: the socket, fd 2, the process named after
+                        its service), one client or accepting, main
 """
 
 import _socket
@@ -60,7 +63,6 @@ import errno
 import os
 import sys
 import time
-from stat import S_ISSOCK
 
 VERSION = "0.1.0"
 SERVER = "superd-status/" + VERSION
@@ -1396,9 +1398,156 @@ def serve_agent(sock, settings, log):
 # 8. Launch: find the socket, serve one client or accept for ourselves
 # =========================================================================
 
+# --- kit: launch (copied from handlers/kit.py; tests/test_kit.py keeps the copies identical) ---
+# Finding the socket and the client under every launcher; see kit.py's docstring.
+import os  # noqa: E402  (the block stands alone wherever it is pasted)
+from stat import S_ISSOCK  # noqa: E402
+
+COMM_MAX = 15             # bytes of a process name (TASK_COMM_LEN less its NUL)
+LAUNCH = []               # the Launch that launch() found, for log()
+
+
+class Launch:
+    """What the launcher passed; see kit.py's docstring for each field."""
+
+    def __init__(self, fds, names, stderr_free, service, conn):
+        self.fds = fds
+        self.names = names
+        self.stderr_free = stderr_free
+        self.service = service
+        self.conn = conn
+
+
+def launch():
+    """Name the process, take the launcher's sockets, decide about fd 2."""
+    env = os.environ
+    name_process(env.get("SUPERD_SERVICE", ""))
+    fds, names = listen_fds()
+    if not fds and is_socket(0):
+        fds, names = [0], [env.get("SUPERD_SERVICE") or "unknown"]
+    found = Launch(fds, names, stderr_is_free(fds), env.get("SUPERD_SERVICE", ""),
+                   env.get("SUPERD_CONN", ""))
+    LAUNCH[:] = [found]
+    return found
+
+
+def listen_fds():
+    """(fds, names) systemd's protocol passes us, ([], []) if it is not for
+    us (LISTEN_PID another's).  The variables are removed either way, as
+    sd_listen_fds(1) does, and the fds made close-on-exec: no child of ours
+    may take them for its own."""
+    env = os.environ
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
+    if not (pid.isascii() and pid.isdigit() and int(pid) == os.getpid()):
+        return [], []
+    if not (count.isascii() and count.isdigit() and int(count) > 0):
+        return [], []
+    fds = list(range(3, 3 + int(count)))
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass                  # not open after all: the caller meets it
+    names = (names + ["unknown"] * len(fds))[:len(fds)]
+    return fds, [name or "unknown" for name in names]
+
+
+def is_socket(fd):
+    try:
+        return S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def stderr_is_free(fds):
+    """Whether fd 2 is open and is not a client's socket: not one of fds nor
+    fd 0 (same device and inode).  Any fd 2 that is no socket (a terminal
+    fd 0 shares, a file, a pipe) is free."""
+    try:
+        err = os.fstat(2)
+    except OSError:
+        return False
+    if not S_ISSOCK(err.st_mode):
+        return True
+    for fd in {0, *fds}:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
+            return False
+    return True
+
+
+def name_process(service):
+    """The process's name (/proc/self/comm) becomes the service's, cut to
+    COMM_MAX bytes; nothing when there is none or Linux will not."""
+    if not service:
+        return
+    name = service.encode("utf-8", "replace")[:COMM_MAX].decode("utf-8", "ignore")
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def ends_of(sock):
+    """((client host, port), (local host, port)) of a connection the launcher
+    accepted.  Variables count only beside the launcher's own mark (superd:
+    SUPERD_SERVICE; tcpserver: PROTO=TCP): ones merely left in the
+    environment by a launcher that sets none of them name no one."""
+    env = os.environ
+    client = local = None
+    if "SUPERD_SERVICE" in env:
+        client = named_end(env, "REMOTE_ADDR", "REMOTE_PORT")
+    if env.get("PROTO") == "TCP":
+        client = client or named_end(env, "TCPREMOTEIP", "TCPREMOTEPORT")
+        local = named_end(env, "TCPLOCALIP", "TCPLOCALPORT")
+    client = client or socket_end(sock.getpeername)
+    if client == ("-", 0) and env.get("REMOTE_HOST"):     # xinetd's, for a client gone already
+        client = (unmap(env["REMOTE_HOST"]), 0)
+    return client, local or socket_end(sock.getsockname)
+
+
+def named_end(env, host, port):
+    """(host, port) from two environment variables, or None."""
+    host, port = env.get(host), env.get(port, "")
+    if host and port.isascii() and port.isdigit():
+        return unmap(host), int(port)
+    return None
+
+
+def socket_end(name):
+    """(host, port) by getpeername or getsockname; ("-", 0) if it fails."""
+    try:
+        return endpoint(name())
+    except OSError:
+        return "-", 0
+
+
+def endpoint(address):
+    """(host, port) of a socket address; UNIX sockets are ("unix:", 0)."""
+    if isinstance(address, tuple):
+        return unmap(address[0]), address[1]
+    return "unix:", 0
+
+
+def unmap(host):
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+# --- end kit: launch ---
+
+
 class Log:
-    """Diagnostics, one line each, on fd 2, unless fd 2 is a client's socket
-    (under inetd, xinetd and systemd StandardError=socket it is): then none."""
+    """Diagnostics, one line each, on fd 2, unless launch() found fd 2 is a
+    client's socket (under inetd, xinetd and systemd StandardError=socket it
+    is): then none."""
 
     def __init__(self, fd):
         self.fd = fd
@@ -1414,48 +1563,6 @@ class Log:
         self.write("superd-status[%d]: %s\n" % (os.getpid(), printable(message, 4096)))
 
 
-def stderr_is_private():
-    """Whether fd 2 is open and is not a client's socket: fd 0's, or one of
-    LISTEN_FDS (same device and inode).  Ask before find_sockets()."""
-    try:
-        err = os.fstat(2)
-    except OSError:
-        return False
-    if not S_ISSOCK(err.st_mode):
-        return True
-    for fd in (0, *listen_fds()):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino):
-            return False
-    return True
-
-
-def listen_fds():
-    """The fds LISTEN_FDS names for our pid (sd_listen_fds), else none."""
-    env = os.environ
-    if env.get("LISTEN_PID") == str(os.getpid()) and env.get("LISTEN_FDS", "").isdigit():
-        return range(3, 3 + int(env["LISTEN_FDS"]))
-    return range(0)
-
-
-def find_sockets():
-    """The sockets a launcher passed: LISTEN_FDS for our pid, else fd 0 if
-    it is a socket.  The LISTEN_* variables are removed."""
-    fds = listen_fds()
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)
-    if not fds:
-        try:
-            sock = _socket.socket(fileno=0)
-        except OSError:            # not a socket, or closed
-            return []
-        return [sock]
-    return [_socket.socket(fileno=fd) for fd in fds]
-
-
 def bind(address):
     """A listening socket for --listen HOST:PORT, [V6]:PORT or PORT."""
     host, sep, port = address.rpartition(":")
@@ -1468,13 +1575,6 @@ def bind(address):
     sock.bind((host, int(port)))
     sock.listen(128)
     return sock
-
-
-def endpoint(sock):
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        return ("[%s]:%d" if ":" in name[0] else "%s:%d") % name[:2]
-    return "unix:%s" % (name or "")
 
 
 class Acceptor:
@@ -1588,7 +1688,8 @@ def serve(sockets, settings, log):
 def main(argv=None):
     """Run superd-status; returns the exit status (sysexits)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    log = Log(2 if stderr_is_private() else None)
+    launched = launch()
+    log = Log(2 if launched.stderr_free else None)     # never the client
     try:
         settings = parse_options(args)
     except UsageError as exc:
@@ -1601,14 +1702,16 @@ def main(argv=None):
     try:
         if settings.listen:
             sockets = [bind(settings.listen)]
-            log.diag("listening on %s" % endpoint(sockets[0]))
+            host, port = endpoint(sockets[0].getsockname())
+            log.diag("listening on %s:%d" % (host if ":" not in host else "[%s]" % host, port))
         else:
-            sockets = find_sockets()
+            sockets = [_socket.socket(fileno=fd) for fd in launched.fds]
     except UsageError as exc:
         log.write("superd-status: %s\n" % exc)
         return EX_USAGE
     except OSError as exc:
-        log.write("superd-status: --listen %s: %s\n" % (settings.listen, exc.strerror or exc))
+        where = "--listen %s" % settings.listen if settings.listen else "the launcher's socket"
+        log.write("superd-status: %s: %s\n" % (where, exc.strerror or exc))
         return EX_OSERR
     if not sockets:
         log.write("superd-status: no socket on fd 0 and no LISTEN_FDS; start me from superd "

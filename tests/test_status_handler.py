@@ -664,6 +664,15 @@ def test_diagnostics_never_reach_a_client_on_fd_2(tmp_path):
     assert answer.startswith(b"HTTP/1.1 503 ") and b"superd-status[" not in answer
 
 
+def test_the_process_is_named_after_its_service(status):
+    """launch() (the kit's block) names the process after SUPERD_SERVICE,
+    cut to 15 bytes, as ps -o comm and top show it."""
+    handler = status(env={"SUPERD_SERVICE": "metrics-for-prometheus"})
+    assert handler.get("/status.json").status == 200       # main() is past launch()
+    with open("/proc/%d/comm" % handler.proc.pid) as comm:
+        assert comm.read().strip() == "metrics-for-pro"
+
+
 def test_the_page_lists_at_most_500_connections():
     doc = fixture_document()
     doc["connections"] = [dict(doc["connections"][0], id=n) for n in range(600)]

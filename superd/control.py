@@ -215,6 +215,7 @@ class ControlServer:
             return self._drop(client)
         client.out = client.out[sent:]
         if not client.out:
+            _discard_unread(client.sock)
             self._drop(client)
 
     def _expired(self, client):
@@ -235,3 +236,17 @@ class ControlServer:
             pass
         client.sock.close()
 
+
+def _discard_unread(sock):
+    """Read what the client sent past its request (more lines, say), up to a
+    bound: a UNIX socket closed with bytes unread resets its peer, which would
+    then lose the answer it was sent."""
+    left = MAX_REQUEST
+    while left > 0:
+        try:
+            data = sock.recv(min(left, 65536))
+        except OSError:                   # nothing more queued (EAGAIN), or gone
+            return
+        if not data:
+            return
+        left -= len(data)

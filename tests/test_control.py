@@ -312,6 +312,19 @@ services:
         held.close()
 
 
+def test_a_client_that_sends_more_than_its_request_gets_the_answer_and_a_clean_close(superd):
+    d = superd("""
+services:
+  a: {listen: "127.0.0.1:0", internal: echo}
+""")
+    path = json.loads(Path(d.ready_path).read_text())["control"]
+    # past what superd reads for a request (64 KiB), so some stays queued
+    extra = b'{"command": "status"}\n' * 3500 + b"trailing bytes, no newline"
+    with raw(path, b'{"command": "list"}\n' + extra) as sock:
+        answer = read_all(sock)           # a reset would raise ConnectionResetError here
+    assert json.loads(answer)["ok"] is True and answer.count(b"\n") == 1
+
+
 def test_the_bundled_status_handler_reads_this_daemons_records(superd, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
     d = superd("""

@@ -8,7 +8,6 @@ the tests wait for that line before they go on, so that a second TERM is
 never sent before the first was handled (two pending TERMs are one).
 """
 
-import os
 import select
 import resource
 import signal

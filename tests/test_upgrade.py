@@ -72,6 +72,18 @@ class Load(threading.Thread):
         self.join(TIMEOUT * 2)
 
 
+def served_from_now(count):
+    """wait(more, why): wait until count() has grown by more since now."""
+    start = count()
+
+    def wait(more, why):
+        deadline = time.monotonic() + TIMEOUT
+        while count() < start + more:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.01)
+    return wait
+
+
 def stream_echo(address):
     def ask(payload):
         with connect(address, timeout=5) as sock:
@@ -105,12 +117,9 @@ services:
     pids = [d.current_pid()]
     try:
         for _ in range(10):
-            before = sum(load.ok for load in loads)
+            served = served_from_now(lambda: sum(load.ok for load in loads))
             pids.append(upgrade(d))
-            deadline = time.monotonic() + TIMEOUT
-            while sum(load.ok for load in loads) < before + 20:   # served by the new one too
-                assert time.monotonic() < deadline, "clients are served after the upgrade"
-                time.sleep(0.01)
+            served(20, "clients are served after the upgrade")   # by the new one too
     finally:
         for load in loads:
             load.stop()
@@ -223,12 +232,9 @@ services:
     load = Load(stream_echo(d.address("warm")))
     load.start()
     try:
-        before = load.ok
+        served = served_from_now(lambda: load.ok)
         successor = upgrade(d)
-        deadline = time.monotonic() + TIMEOUT
-        while load.ok < before + 20:
-            assert time.monotonic() < deadline, "clients are served after the upgrade"
-            time.sleep(0.01)
+        served(20, "clients are served after the upgrade")
     finally:
         load.stop()
     assert load.failures == [] and load.ok > 0
@@ -267,12 +273,9 @@ services:
     pids = [d.current_pid()]
     try:
         for _ in range(3):
-            before = load.ok
+            served = served_from_now(lambda: load.ok)
             pids.append(upgrade(d))
-            deadline = time.monotonic() + TIMEOUT
-            while load.ok < before + 5:
-                assert time.monotonic() < deadline, "control clients are answered after it"
-                time.sleep(0.01)
+            served(5, "control clients are answered after it")
     finally:
         load.stop()
     assert load.failures == [] and load.ok > 0

@@ -13,13 +13,18 @@ once.  What a request means is the `answer` callback's business
 Where the socket is (`default_path`): `control:` in services.yaml, else
 $RUNTIME_DIRECTORY/control (systemd's RuntimeDirectory=), else
 /run/superd/control as root, else $XDG_RUNTIME_DIR/superd/control, else
-beside the ready file (READY.control); with none of these, no socket.
+beside the ready file (READY.control), else $TMPDIR/superd-UID/control
+(/tmp by default), in a folder made 0700 and refused unless it is superd's
+user's own and closed to others (as tmux does: another user could have made
+it first).
 """
 
+import errno
 import json
 import os
 import selectors
 import socket
+import stat
 from functools import partial
 
 from superd.listeners import remove_stale
@@ -42,7 +47,19 @@ def default_path(environ, euid, ready_file):
         return os.path.join(environ["XDG_RUNTIME_DIR"], "superd", "control")
     if ready_file:
         return ready_file + ".control"
-    return None
+    return os.path.join(_private_folder(environ, euid), "control")
+
+
+def _private_folder(environ, euid):
+    return os.path.join(environ.get("TMPDIR") or "/tmp", f"superd-{euid}")
+
+
+def _check_private(folder):
+    """The fallback folder in a shared /tmp must be ours and closed to others."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{folder} is not this user's own private folder "
+                      f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
 
 
 class Client:
@@ -72,8 +89,12 @@ class ControlServer:
     def open(self, path, gid=None):
         """Bind path (0600, or 0660 for gid); OSError says why it cannot."""
         folder = os.path.dirname(path)
+        private = folder == _private_folder(os.environ, os.geteuid())
         if folder and not os.path.isdir(folder):
-            os.makedirs(folder, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+            shared = os.geteuid() == 0 and not private
+            os.makedirs(folder, mode=0o755 if shared else 0o700, exist_ok=True)
+        if private:
+            _check_private(folder)
         remove_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)     # never, even for an instant, open to others

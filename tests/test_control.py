@@ -357,3 +357,43 @@ services:
     assert samples[("superd_handlers_running", (("service", "status"),))] == 1, "this one"
     assert samples[("process_open_fds", ())] > 0
 
+
+
+@pytest.mark.parametrize("environ, euid, ready, expected", [
+    ({"RUNTIME_DIRECTORY": "/run/x:/run/y"}, 1000, None, "/run/x/control"),
+    ({}, 0, None, "/run/superd/control"),
+    ({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, None, "/run/user/1000/superd/control"),
+    ({}, 1000, "/srv/r.json", "/srv/r.json.control"),
+    ({}, 1000, None, "/tmp/superd-1000/control"),
+    ({"TMPDIR": "/var/tmp"}, 1000, None, "/var/tmp/superd-1000/control"),
+])
+def test_the_default_control_path(environ, euid, ready, expected):
+    from superd import control
+    assert control.default_path(environ, euid, ready) == expected
+
+
+def test_the_fallback_folder_in_tmp_must_be_private_and_ours(tmp_path, monkeypatch):
+    """Under a shared /tmp another user could make superd-UID first: refused."""
+    import selectors
+
+    from superd import control
+    from superd.timers import Timers
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    folder = tmp_path / f"superd-{os.geteuid()}"
+    path = str(folder / "control")
+
+    def open_it():
+        server = control.ControlServer(selectors.DefaultSelector(), Timers(), lambda: 0.0,
+                                       None, lambda request, respond: {"ok": True})
+        server.open(path)
+        server.close()
+    open_it()                                   # made 0700, and served
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    folder.chmod(0o755)
+    with pytest.raises(OSError, match="not this user's own private folder"):
+        open_it()
+    folder.chmod(0o700)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(OSError, match="owner uid %d" % nobody.pw_uid):
+        open_it()

@@ -28,6 +28,28 @@ import time
 from conftest import EXITED, TIMEOUT, Daemon, LogReader
 
 CLONE_NEWNET = 0x40000000
+
+# The global and defaults sections of the tests' haproxy.cfg: TCP, logs to
+# stdout (the test reads them), the stats socket at {stats} (HAProxy() fills
+# it in), short timeouts; a test adds its frontends and backends.
+HAPROXY_HEAD = """\
+global
+    log stdout format raw daemon
+    stats socket {stats} mode 600 level admin
+    maxconn 512
+
+defaults
+    mode tcp
+    log global
+    option tcplog
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    timeout check 1s
+
+"""
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

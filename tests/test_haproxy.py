@@ -40,7 +40,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TIMEOUT
-from netns_support import HAProxy, Lab, socket_in, start_superd_in
+from netns_support import HAPROXY_HEAD, HAProxy, Lab, socket_in, start_superd_in
 from test_protection_support import proxy_v2
 
 LB = "10.77.0.1"
@@ -75,23 +75,7 @@ services:
 """
 
 CHECK = "send-proxy-v2 check inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2"
-HAPROXY = f"""\
-global
-    log stdout format raw daemon
-    stats socket {{stats}} mode 600 level admin
-    maxconn 512
-
-defaults
-    mode tcp
-    log global
-    option tcplog
-    option redispatch
-    retries 3
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    timeout check 1s
-
+HAPROXY = HAPROXY_HEAD + f"""\
 frontend env
     bind {LB}:80
     default_backend env

@@ -50,7 +50,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TIMEOUT, connect
-from netns_support import HAProxy, Lab, socket_in, start_superd_in
+from netns_support import HAPROXY_HEAD, HAProxy, Lab, socket_in, start_superd_in
 from test_protection_support import proxy_v2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,23 +444,7 @@ services:
 
 CHECK = ("weight 100 send-proxy-v2 check inter 100ms fastinter 100ms downinter 100ms "
          "fall 2 rise 2 agent-check agent-port 7100 agent-inter 200ms")
-HAPROXY = f"""\
-global
-    log stdout format raw daemon
-    stats socket {{stats}} mode 600 level admin
-    maxconn 512
-
-defaults
-    mode tcp
-    log global
-    option tcplog
-    option redispatch
-    retries 3
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    timeout check 1s
-
+HAPROXY = HAPROXY_HEAD + f"""\
 frontend web
     bind {LB}:80
     default_backend web

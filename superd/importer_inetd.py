@@ -28,6 +28,7 @@ from superd import importer_map as to
 from superd.importer_model import Entry
 
 OFF = "#<off>#"
+IPSEC = "#@"             # FreeBSD: the IPsec policy of the lines below
 SOCKET_TYPES = {"stream": "tcp", "dgram": "udp"}
 OTHER_SOCKET_TYPES = ("raw", "rdm", "seqpacket")
 PROTOCOL = re.compile(r"(tcp|udp)(4|6|46)?|unix")
@@ -48,6 +49,10 @@ def convert(path, lines, report):
     host = ""
     for number, text in lines:
         off = text.startswith(OFF)
+        if text.startswith(IPSEC):
+            report.warn(path, number, None, f"not imported: {IPSEC} IPsec policy line "
+                        "(superd sets no IPsec policy; the services below get none)")
+            continue
         if not is_line(text):
             continue
         fields = text[len(OFF):].split() if off else text.split()
@@ -138,10 +143,13 @@ def _listen(entry, service, protocol, host, kind, report):
     family = {"4": 4, "6": 6, "46": 46}.get(protocol[3:], 4)
     try:
         port = to.port_of(service, kind)
-        address = to.listen_text(to.host_text(host) if host else "", port, family)
+        # OpenBSD's inetd takes a comma-separated list of hosts: one listen address each
+        hosts = [to.host_text(h) for h in host.split(",")] if host else [""]
+        addresses = [to.listen_text(h, port, family) for h in hosts]
     except ValueError as err:
         return entry.skip(report, entry.line, str(err))
-    entry.set("listen", address, "" if service.isdigit() else f"{service}/{kind} in /etc/services")
+    entry.set("listen", addresses[0] if len(addresses) == 1 else addresses,
+              "" if service.isdigit() else f"{service}/{kind} in /etc/services")
     if kind == "udp":
         entry.set("protocol", "udp")
     return port

@@ -247,6 +247,8 @@ def test_inetd_conf_with_tcpd_lines(tmp_path):
 @pytest.mark.parametrize("line, expected", [
     ("7070 stream tcp nowait nobody /bin/cat cat -u", {"listen": "0.0.0.0:7070", "args": ["-u"]}),
     ("[::1]:7070 stream tcp6 nowait nobody /bin/cat cat", {"listen": "[::1]:7070"}),
+    ("127.0.0.1,127.0.0.2:7070 stream tcp nowait nobody /bin/cat cat",      # OpenBSD's host list
+     {"listen": ["127.0.0.1:7070", "127.0.0.2:7070"]}),
     ("7070 stream tcp46 nowait nobody /bin/cat cat", {"listen": "7070"}),
     ("7070 dgram udp wait nobody /bin/cat cat", {"listen": "0.0.0.0:7070", "protocol": "udp"}),
     ("7070 stream tcp nowait/10/30/2 nobody /bin/cat cat",
@@ -278,6 +280,14 @@ def test_inetd_lines_superd_cannot_serve_are_left_out_not_errors(tmp_path, line,
     assert list(data["services"]) == ["7071"], "the rest of the file is still imported"
     assert f"{conf}:2: warning: " in err and f"service left out: {why}" in err
     assert f"# service left out: {why}" in text or why in text
+
+
+def test_an_ipsec_policy_line_is_a_warning(tmp_path):
+    conf = tmp_path / "inetd.conf"
+    conf.write_text("#@ ipsec in\n7071 stream tcp nowait nobody /bin/cat cat\n")
+    data, err, _ = imported(tmp_path, conf)
+    assert list(data["services"]) == ["7071"]
+    assert f"{conf}:1: warning: not imported: #@ IPsec policy line" in err
 
 
 def test_xinetd_service_address_wins_over_the_defaults_bind(tmp_path):

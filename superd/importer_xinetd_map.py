@@ -130,8 +130,11 @@ def _effective_instances(entry, defaults):
     if "instances" in entry.settings:
         return entry.settings["instances"]
     inherited = defaults.get("instances")
-    if inherited and not _unlimited(inherited) and inherited.values[0].isdigit():
-        return max(int(inherited.values[0]), 1)
+    if inherited and inherited.values and not _unlimited(inherited):
+        try:
+            return to.whole_number(inherited.values[0], "instances")
+        except ValueError:
+            pass                  # the defaults' own line says what is wrong with it
     return DEFAULT_INSTANCES
 
 
@@ -234,7 +237,7 @@ def _attribute(entry, a, report):
 
 def _limit(key):
     def convert(entry, a, report):
-        if a.values[0].upper() == "UNLIMITED":
+        if _unlimited(a):
             if key == "instances":
                 entry.notes.append("instances = UNLIMITED: superd always has a limit (200 by default)")
             return
